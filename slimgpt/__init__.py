@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "slimgpt.models",
     "calibration_data": "slimgpt.data",
-    "prune": "slimgpt.prune",
+    "prune": "slimgpt.pruning",
     "perplexity": "slimgpt.eval.perplexity",
 }
 
