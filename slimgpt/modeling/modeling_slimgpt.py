@@ -61,13 +61,13 @@ class SlimGPTAttention(LlamaAttention):
 
     def set_heads(self, kv_map: list[int], num_kv_heads: int) -> None:
         """Sets the head layout (used at construction and by pruning surgery)."""
+        self.kv_map = list(kv_map)
         self.num_heads = len(kv_map)
         self.num_kv_heads = num_kv_heads
         group = _uniform_group(list(kv_map), num_kv_heads)
-        # With an uneven map, k/v are expanded by index (``kv_index``) and the attention kernels see groups of 1.
+        # With an uneven map, k/v are expanded by index and the attention kernels see groups of 1.
         self.num_key_value_groups = group if group is not None else 1
-        index = None if group is not None else torch.tensor(list(kv_map), dtype=torch.long)
-        self.register_buffer("kv_index", index, persistent=False)
+        self.uneven_groups = group is None
 
     def forward(
         self,
@@ -90,9 +90,10 @@ class SlimGPTAttention(LlamaAttention):
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
-        if self.kv_index is not None:  # uneven GQA groups: [batch, kv_heads, ...] -> [batch, heads, ...]
-            key_states = key_states.index_select(1, self.kv_index)
-            value_states = value_states.index_select(1, self.kv_index)
+        if self.uneven_groups:  # [batch, kv_heads, seq, hd] -> [batch, heads, seq, hd]
+            index = torch.as_tensor(self.kv_map, device=key_states.device)
+            key_states = key_states.index_select(1, index)
+            value_states = value_states.index_select(1, index)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward

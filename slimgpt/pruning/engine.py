@@ -1,0 +1,323 @@
+"""The one layer-wise pruning engine (every method runs through it).
+
+Per decoder layer, in this order (METHOD.md §2): collect statistics of ``o_proj``'s input, prune heads
+(OBS-compensated ``o_proj``, q/k/v rows deleted); collect statistics of ``down_proj``'s input *with the pruned
+attention*, prune channels (gate/up rows deleted); run the pruned layer on all samples — its outputs are the
+next layer's inputs, so errors propagate as in the paper. Inputs of layer 0 are captured once; only the
+current layer lives on the compute device (layer offload). Statistics forwards stop at the hooked module
+(nothing after it is computed) and the layer outputs overwrite the input buffer in place.
+"""
+
+import contextlib
+import resource
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..modeling import SlimGPTForCausalLM
+from .methods import Method, make_method
+from .report import LayerReport, PruneReport
+from .schedules import layer_ratios
+from .stats import InputStats
+from .structures import (
+    HEAD_GRANULARITIES,
+    Block,
+    attention_block,
+    channel_params,
+    count_params,
+    layer_prunable_params,
+    mlp_block,
+    remove_channels,
+    remove_heads,
+    removed_heads_of,
+)
+
+ENGINE_OPTIONS = ("first_ratio", "head_granularity", "batch_size", "device", "progress")
+
+
+class _StopForward(Exception):
+    """Raised by a hook once it has what it needs: the rest of the forward pass is skipped."""
+
+
+def prune(
+    model: SlimGPTForCausalLM,
+    calibration: torch.Tensor,
+    ratio: float,
+    schedule: str = "log_increase",
+    method: str = "slimgpt",
+    **options,
+) -> PruneReport:
+    """Prunes ``model`` in place to remove ``ratio`` of its total parameters.
+
+    Args:
+        model: a ``SlimGPTForCausalLM`` (``slimgpt.load_model`` or ``slimgpt.as_slim`` give one).
+        calibration: ``LongTensor[num_samples, seq_len]`` token ids (``slimgpt.calibration_data``).
+        ratio: fraction of *total* parameters to remove (embeddings count, though never pruned), in [0, 1).
+        schedule: layer-ratio schedule (``slimgpt.pruning.schedules.SCHEDULES``).
+        method: pruning method name (``slimgpt.pruning.METHODS``).
+        options: engine options ``first_ratio`` (schedule's least-pruned layer ratio), ``head_granularity``
+            ("kv_group" | "query_head"), ``batch_size`` (calibration sequences per forward), ``device``
+            (compute device; default CUDA if available), ``progress``; every other option goes to the method.
+    Returns:
+        a :class:`PruneReport`. All arguments are checked before any weight changes.
+    """
+    engine = {k: options.pop(k) for k in list(options) if k in ENGINE_OPTIONS}
+    pruner = make_method(method, options)
+    return run(model, calibration, ratio, schedule, pruner, **engine)
+
+
+def run(
+    model: SlimGPTForCausalLM,
+    calibration: torch.Tensor,
+    ratio: float,
+    schedule: str,
+    pruner: Method,
+    first_ratio: float | None = None,
+    head_granularity: str = "kv_group",
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> PruneReport:
+    """:func:`prune` with a method object (see there)."""
+    check_inputs(model, calibration, ratio, head_granularity, batch_size)
+    layers = model.model.layers
+    weights = [layer_prunable_params(layer) for layer in layers]
+    params_before = count_params(model)
+    mean_layer_ratio = ratio * params_before / sum(weights)
+    if mean_layer_ratio >= 1:
+        raise ValueError(f"ratio {ratio} of all parameters exceeds every prunable decoder-layer parameter")
+    ratios = layer_ratios(schedule, mean_layer_ratio, weights, first_ratio)
+    check_feasible(model, ratios, head_granularity)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with _exact_fp32():
+        pruner.prepare(model, calibration)
+        inps, batch_kwargs = capture_inputs(model, calibration, batch_size, device)
+        capture_seconds = time.perf_counter() - start
+        reports = [
+            prune_layer(layer, i, ratios[i], inps, batch_kwargs, pruner, head_granularity, device)
+            for i, layer in enumerate(tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not progress))
+        ]
+    sync_config(model)
+    peak, kind = _peak_memory(device)
+    return PruneReport(
+        method=pruner.name, schedule=schedule, ratio=ratio, params_before=params_before,
+        params_after=count_params(model), prunable_before=sum(weights),
+        prunable_after=sum(layer_prunable_params(layer) for layer in layers), layers=reports,
+        seconds=time.perf_counter() - start, capture_seconds=capture_seconds, peak_memory_bytes=peak,
+        peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
+        options={"first_ratio": first_ratio, "head_granularity": head_granularity, "batch_size": batch_size,
+                 **vars(pruner)},
+    )
+
+
+def check_inputs(model, calibration: torch.Tensor, ratio: float, granularity: str, batch_size: int) -> None:
+    """One clear error for each kind of bad input (before any weight changes)."""
+    if not isinstance(model, SlimGPTForCausalLM):
+        raise TypeError(
+            f"prune needs a SlimGPTForCausalLM, got {type(model).__name__}: convert it with slimgpt.as_slim(model) "
+            "(shares weights) or load it with slimgpt.load_model"
+        )
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    if granularity not in HEAD_GRANULARITIES:
+        raise ValueError(f"unknown head_granularity '{granularity}'; choose one of {', '.join(HEAD_GRANULARITIES)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.dtype != torch.long:
+        got = getattr(calibration, "shape", type(calibration).__name__)
+        raise ValueError(f"calibration must be a LongTensor[num_samples, seq_len], got {got}")
+    if calibration.numel() == 0:
+        raise ValueError("calibration is empty")
+    context = model.config.max_position_embeddings
+    if calibration.shape[1] > context:
+        raise ValueError(f"calibration seq_len {calibration.shape[1]} exceeds the model's context {context}")
+    if calibration.min() < 0 or calibration.max() >= model.config.vocab_size:
+        raise ValueError(f"calibration token ids must be in [0, {model.config.vocab_size}), "
+                         f"got [{int(calibration.min())}, {int(calibration.max())}]")
+
+
+def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], granularity: str) -> None:
+    """Refuses a plan that would have to remove every head or every channel of a layer."""
+    for i, (layer, r) in enumerate(zip(model.model.layers, ratios)):
+        attn, mlp = layer.self_attn, layer.mlp
+        block = attention_block(attn, attn.kv_map, granularity)
+        unit = count_params(attn) // block.num_units  # an upper bound of what one unit frees
+        removable = (block.num_units - 1) * unit + (mlp.intermediate_size - 1) * channel_params(mlp)
+        if r * layer_prunable_params(layer) > removable:
+            raise ValueError(
+                f"layer {i} would need a ratio of {r:.3f}, which removes every head or FFN channel; "
+                "lower the ratio or use a flatter schedule"
+            )
+
+
+@contextlib.contextmanager
+def _exact_fp32():
+    """TF32 off while pruning (fp32 statistics mean fp32)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(b, min(b + batch_size, n)) for b in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def capture_inputs(
+    model: SlimGPTForCausalLM, calibration: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, list[dict]]:
+    """Runs the calibration set up to decoder layer 0 and returns what it receives.
+
+    Returns:
+        ``inps: [num_samples, seq_len, hidden]`` (model dtype, on ``device``) and, per batch, the keyword
+        arguments the model passes to its layers (position embeddings, mask, ...).
+    """
+    base = model.model
+    parts = [base.embed_tokens, base.rotary_emb, base.layers[0]]
+    homes = [_device_of(p) for p in parts]
+    for part in parts:
+        part.to(device)
+    captured: list[tuple[torch.Tensor, dict]] = []
+
+    def catch(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _StopForward
+
+    handle = base.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in _batches(calibration.shape[0], batch_size):
+            with contextlib.suppress(_StopForward):
+                model(calibration[batch].to(device), use_cache=False)
+    finally:
+        handle.remove()
+        for part, home in zip(parts, homes):
+            part.to(home)
+    inps = torch.cat([hidden for hidden, _ in captured])
+    if not torch.isfinite(inps).all():
+        raise FloatingPointError("non-finite (NaN/inf) embeddings for the calibration data")
+    return inps, [kwargs for _, kwargs in captured]
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    tensor = next(iter(module.parameters()), None)
+    tensor = tensor if tensor is not None else next(iter(module.buffers()))
+    return tensor.device
+
+
+@torch.no_grad()
+def collect(layer: nn.Module, target: nn.Linear, stats: InputStats, inps: torch.Tensor, batch_kwargs: list[dict]):
+    """Accumulates ``stats`` of ``target``'s input over all samples; the forward stops at ``target``."""
+
+    def hook(module, args):
+        stats.add_batch(args[0])
+        raise _StopForward
+
+    handle = target.register_forward_pre_hook(hook)
+    try:
+        for batch, kwargs in zip(_batches(inps.shape[0], _batch_len(batch_kwargs, inps)), batch_kwargs):
+            with contextlib.suppress(_StopForward):
+                layer(inps[batch], **kwargs)
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def forward_layer(layer: nn.Module, inps: torch.Tensor, batch_kwargs: list[dict]) -> None:
+    """Replaces ``inps`` by the layer's outputs, batch by batch (in place: the next layer's inputs)."""
+    for batch, kwargs in zip(_batches(inps.shape[0], _batch_len(batch_kwargs, inps)), batch_kwargs):
+        inps[batch] = layer(inps[batch], **kwargs)
+
+
+def _batch_len(batch_kwargs: list[dict], inps: torch.Tensor) -> int:
+    """Batch size the inputs were captured with (all batches but the last have it)."""
+    return -(-inps.shape[0] // len(batch_kwargs))
+
+
+def prune_block(
+    layer: nn.Module, block: Block, num_remove: int, inps: torch.Tensor, batch_kwargs: list[dict], pruner: Method
+) -> tuple[list[int], dict]:
+    """Statistics → the method's choice → (compensated) ``out_proj`` weights. Returns removed units, info."""
+    if num_remove == 0:
+        return [], {}
+    stats = None
+    if pruner.needs_inputs:
+        stats = InputStats(block.out_proj.in_features, inps.device, hessian=pruner.needs_hessian)
+        collect(layer, block.out_proj, stats, inps, batch_kwargs)
+    selection = pruner.select(block, stats, num_remove)
+    out = block.out_proj
+    with torch.no_grad():
+        if selection.weight is not None:
+            out.weight.copy_(selection.weight.to(out.weight.dtype))
+        if selection.bias is not None:
+            out.bias.copy_(selection.bias.to(out.bias.dtype))
+    return list(selection.removed), dict(selection.info, removed=len(selection.removed))
+
+
+def prune_layer(
+    layer: nn.Module,
+    index: int,
+    ratio: float,
+    inps: torch.Tensor,
+    batch_kwargs: list[dict],
+    pruner: Method,
+    granularity: str,
+    device: torch.device,
+) -> LayerReport:
+    """Prunes one decoder layer to remove ``ratio`` of its prunable parameters, then advances ``inps``.
+
+    Heads are rounded to whole units (``round(ratio · units)``); the FFN then takes whatever part of the
+    layer's parameter budget the heads did not, so the layer ratio is met to within one channel.
+    """
+    start = time.perf_counter()
+    home = _device_of(layer)
+    layer.to(device)
+    attn, params = layer.self_attn, layer_prunable_params(layer)
+    widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
+    kv_map = attn.kv_map
+    block = attention_block(attn, kv_map, granularity)
+    num_units = min(round(ratio * block.num_units), block.num_units - 1)
+    removed, attn_info = prune_block(layer, block, num_units, inps, batch_kwargs, pruner)
+    if removed:
+        remove_heads(attn, kv_map, removed_heads_of(granularity, kv_map, removed))
+    mlp = layer.mlp
+    budget = ratio * params - (params - layer_prunable_params(layer))
+    num_channels = min(max(round(budget / channel_params(mlp)), 0), mlp.intermediate_size - 1)
+    removed, mlp_info = prune_block(layer, mlp_block(mlp), num_channels, inps, batch_kwargs, pruner)
+    if removed:
+        remove_channels(mlp, removed)
+    forward_layer(layer, inps, batch_kwargs)
+    if not torch.isfinite(inps).all():
+        raise FloatingPointError(f"non-finite (NaN/inf) outputs of pruned layer {index}")
+    layer.to(home)
+    attn = layer.self_attn
+    return LayerReport(
+        layer=index, target_ratio=ratio, heads=(widths[0], attn.num_heads), kv_heads=(widths[1], attn.num_kv_heads),
+        ffn=(widths[2], layer.mlp.intermediate_size), params=(params, layer_prunable_params(layer)),
+        attention=attn_info, mlp=mlp_info, seconds=time.perf_counter() - start,
+    )
+
+
+def sync_config(model: SlimGPTForCausalLM) -> None:
+    """Writes the per-layer widths of the modules into the config (the modules are the truth)."""
+    layers = model.model.layers
+    config = model.config
+    config.layer_num_heads = [layer.self_attn.num_heads for layer in layers]
+    config.layer_num_key_value_heads = [layer.self_attn.num_kv_heads for layer in layers]
+    config.layer_kv_map = [list(layer.self_attn.kv_map) for layer in layers]
+    config.layer_intermediate_sizes = [layer.mlp.intermediate_size for layer in layers]
+    config.validate_architecture()
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"

@@ -1,0 +1,78 @@
+"""The pruning report: what was removed where, what it cost. JSON-able through :meth:`PruneReport.to_dict`."""
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerReport:
+    """One decoder layer: target ratio, widths before/after, estimated errors, time."""
+
+    layer: int
+    target_ratio: float
+    heads: tuple[int, int]
+    kv_heads: tuple[int, int]
+    ffn: tuple[int, int]
+    params: tuple[int, int]
+    attention: dict = field(default_factory=dict)
+    mlp: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def achieved_ratio(self) -> float:
+        return 1 - self.params[1] / self.params[0] if self.params[0] else 0.0
+
+
+@dataclass
+class PruneReport:
+    """Result of :func:`slimgpt.prune`.
+
+    ratio: requested fraction of *total* parameters (embeddings included) to remove.
+    achieved_ratio: fraction of total parameters actually removed; layer_ratio: fraction of decoder-layer
+    (prunable) parameters removed. peak_memory_bytes: CUDA peak allocation on a GPU, else the process's peak
+    resident set size (``peak_memory_kind`` says which).
+    """
+
+    method: str
+    schedule: str
+    ratio: float
+    params_before: int
+    params_after: int
+    prunable_before: int
+    prunable_after: int
+    layers: list[LayerReport]
+    seconds: float
+    capture_seconds: float
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    calibration_shape: tuple[int, int]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def achieved_ratio(self) -> float:
+        return 1 - self.params_after / self.params_before
+
+    @property
+    def layer_ratio(self) -> float:
+        return 1 - self.prunable_after / self.prunable_before
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["achieved_ratio"] = self.achieved_ratio
+        out["layer_ratio"] = self.layer_ratio
+        for layer, rep in zip(out["layers"], self.layers):
+            layer["achieved_ratio"] = rep.achieved_ratio
+        return out
+
+    def table(self) -> str:
+        """A plain-text per-layer table (heads, kv heads, FFN width, ratio)."""
+        lines = [f"{'layer':>5} {'target':>7} {'got':>6} {'heads':>7} {'kv':>5} {'ffn':>11} {'sec':>6}"]
+        for r in self.layers:
+            lines.append(
+                f"{r.layer:>5} {r.target_ratio:>7.3f} {r.achieved_ratio:>6.3f} {r.heads[0]:>3}>{r.heads[1]:<3}"
+                f" {r.kv_heads[0]:>2}>{r.kv_heads[1]:<2} {r.ffn[0]:>5}>{r.ffn[1]:<5} {r.seconds:>6.2f}"
+            )
+        lines.append(
+            f"params {self.params_before:,} -> {self.params_after:,}  total ratio {self.achieved_ratio:.4f}"
+            f" (target {self.ratio:.4f}), decoder-layer ratio {self.layer_ratio:.4f}, {self.seconds:.1f}s"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""OBS kernels against brute force on small matrices."""
+
+import pytest
+import torch
+
+from slimgpt.pruning.obs import dynamic_group_sizes, inverse_of_alive, obs_prune, prepare_hessian, unit_scores
+
+
+def _problem(rows=6, cols=12, tokens=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(tokens, cols, generator=g, dtype=torch.float64) @ torch.randn(cols, cols, generator=g, dtype=torch.float64)
+    W = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    H = 2 * X.T @ X / tokens
+    return W.float(), H.float(), X
+
+
+def _true_error(W, W_new, H):
+    """Layer reconstruction error tr(ΔW H ΔWᵀ) = (2/N)‖(W - Ŵ) X‖²."""
+    dW = (W - W_new).double()
+    return float(torch.einsum("rc,cd,rd->", dW, H.double(), dW))
+
+
+def test_reported_error_is_the_true_output_error():
+    W, H, _ = _problem()
+    units = torch.arange(12).view(4, 3)
+    res = obs_prune(W, H, units, [2], damp=0.0)
+    assert len(res.removed) == 2
+    assert torch.all(res.weight[:, units[res.removed].flatten()] == 0)
+    assert res.error == pytest.approx(_true_error(W, res.weight, H), rel=1e-3)
+
+
+def test_obs_beats_plain_removal():
+    W, H, _ = _problem(seed=1)
+    units = torch.arange(12).view(6, 2)
+    res = obs_prune(W, H, units, [3], damp=0.0)
+    masked = W.clone()
+    masked[:, units[res.removed].flatten()] = 0
+    assert _true_error(W, res.weight, H) < 0.9 * _true_error(W, masked, H)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_exact_scores_match_brute_force(group):
+    W, H, _ = _problem(cols=12, seed=2)
+    units = torch.arange(12).view(-1, group)
+    Wp, Hp = prepare_hessian(W, H, 0.0)
+    Hinv = inverse_of_alive(Hp, torch.ones(12, dtype=torch.bool))
+    scores = unit_scores(Wp, Hinv, units, exact=True)
+    brute = [_true_error(W, obs_prune(W, H, units[[u]], [1], damp=0.0).weight, H) for u in range(units.shape[0])]
+    torch.testing.assert_close(scores.double(), torch.tensor(brute, dtype=torch.float64), rtol=2e-3, atol=1e-6)
+    if group == 1:  # a single column: the paper's diagonal score is exact
+        torch.testing.assert_close(unit_scores(Wp, Hinv, units), scores)
+
+
+def test_greedy_choice_equals_brute_force_greedy():
+    """Each greedy step picks the unit whose joint OBS removal (with the ones already gone) costs least."""
+    W, H, _ = _problem(cols=16, seed=3)
+    units = torch.arange(16).view(8, 2)
+    res = obs_prune(W, H, units, [1, 1, 1], exact=True, damp=0.0)
+    chosen: list[int] = []
+    for _ in range(3):
+        costs = {
+            u: _true_error(W, obs_prune(W, H, units[chosen + [u]], [len(chosen) + 1], damp=0.0).weight, H)
+            for u in range(8) if u not in chosen
+        }
+        chosen.append(min(costs, key=costs.get))
+    assert res.removed == chosen
+
+
+def test_damping_retry_on_indefinite_hessian():
+    W = torch.randn(4, 6)
+    H = -torch.eye(6)  # negative definite: the first Cholesky fails, more damping cannot help
+    with pytest.raises(RuntimeError, match="damp"):
+        obs_prune(W, H, torch.arange(6).view(6, 1), [1], damp=0.01, max_retries=1)
+
+
+def test_dead_columns_are_zeroed():
+    W, H, _ = _problem(seed=4)
+    H[3, :] = 0
+    H[:, 3] = 0
+    res = obs_prune(W, H, torch.arange(12).view(12, 1), [1], damp=0.01)
+    assert res.removed == [3]  # a dead input costs nothing to remove
+    assert torch.all(res.weight[:, 3] == 0)
+
+
+def test_dynamic_group_sizes_follow_the_released_schedule():
+    assert dynamic_group_sizes(5504)[:4] == [1024, 992, 240, 64]
+    assert sum(dynamic_group_sizes(5504)) == 5504
+    assert dynamic_group_sizes(100) == [64, 36]
+    assert dynamic_group_sizes(100, 8, 8) == [8] * 12 + [4]
+    with pytest.raises(ValueError, match="min_group"):
+        dynamic_group_sizes(10, 4, 8)
