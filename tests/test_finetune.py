@@ -151,6 +151,7 @@ def test_nan_loss_stops_and_keeps_last_good_adapter(tmp_path):
     state = json.loads((tmp_path / "adapter" / "training_state.json").read_text())
     assert state["step"] == 2 and state["train_loss"] == pytest.approx(state["train_loss"])  # finite
     assert not (tmp_path / "merged").exists()
+    assert not any("lora" in name for name, _ in model.named_modules())  # the model is given back clean
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
@@ -105,7 +105,8 @@ def lora_finetune(
 
     Raises:
         ValueError: a bad setting or data (the message names the value and what is allowed).
-        NonFiniteLossError: a NaN/inf loss or gradient norm; the last good adapter is kept in ``out_dir``.
+        NonFiniteLossError: a NaN/inf loss or gradient norm; the last good adapter is kept in
+            ``out_dir/adapter`` and ``model`` is given back without adapter layers (on any error).
     """
     settings = dict(
         r=r, alpha=alpha, dropout=dropout, target_modules=list(target_modules), lr=lr,
@@ -120,7 +121,11 @@ def lora_finetune(
     eval_records = eval[:eval_limit] if eval_limit is not None else eval
     eval_ex, _ = build_examples(eval_records, tokenizer, max_length, train_on_inputs, name="eval")
     trainer = _Trainer(model, tokenizer, settings, Path(out_dir), log_fn, log_prefix)
-    metrics = trainer.run(train_ex, eval_ex, progress)
+    try:
+        metrics = trainer.run(train_ex, eval_ex, progress)
+    except BaseException:
+        trainer.peft.unload()  # give the caller back its model without adapter layers (weights untouched)
+        raise
     metrics.update(train_examples=len(train_ex), train_dropped=dropped, eval_examples=len(eval_ex))
     return trainer.finish(metrics)
 
@@ -166,13 +171,16 @@ class _Trainer:
     def __init__(self, model, tokenizer, settings: dict, out_dir: Path, log_fn: LogFn | None, prefix: str):
         self.s, self.tokenizer, self.out_dir = settings, tokenizer, out_dir
         self.log_fn, self.prefix = log_fn, prefix
-        self.acc = Accelerator()
+        # Buffers (rotary tables, kv index) are deterministic: no per-forward broadcast, so processes may run
+        # different numbers of forward passes.
+        self.acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         set_seed(settings["seed"])
         lora = LoraConfig(
             r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
             target_modules=list(settings["target_modules"]), bias="none", task_type="CAUSAL_LM",
         )  # fmt: skip
-        self.model = get_peft_model(model, lora)
+        self.peft = get_peft_model(model, lora)
+        self.model = self.peft  # the training handle (DDP-wrapped under several processes)
         self.pad_id = _pad_id(tokenizer)
         self.step, self.tokens, self.targets = 0, 0, 0
         self.losses: list[float] = []
@@ -188,6 +196,7 @@ class _Trainer:
         optimizer = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
         scheduler = get_cosine_schedule_with_warmup(optimizer, s["warmup_steps"], total)
         self.model, optimizer = self.acc.prepare(self.model, optimizer)
+        self._any_example = train_ex[:1]
         self.evaluate(eval_ex)
         start = time.perf_counter()
         bar = tqdm(total=total, desc="LoRA", disable=not (progress and self.acc.is_main_process))
@@ -207,38 +216,48 @@ class _Trainer:
         return self._metrics(total, seconds, len(train_ex))
 
     def train_step(self, batch: list[Example], optimizer, params: list[nn.Parameter]) -> tuple[float, float]:
-        """One optimizer step on an effective batch; returns (mean loss per target token, gradient norm)."""
+        """One optimizer step on an effective batch; returns (mean loss per target token, gradient norm).
+
+        Every process reaches the same verdict on a NaN/inf: the loss and the gradient norm are global."""
         self.model.train()
         mine = _shard(batch, self.acc)
         total_targets = self._reduce(sum(ex.num_targets for ex in mine))
-        chunks = [mine[i : i + self.s["micro_batch_size"]] for i in range(0, len(mine), self.s["micro_batch_size"])]
-        loss_sum = 0.0
-        for i, chunk in enumerate(chunks):
-            sync = i == len(chunks) - 1
-            with nullcontext() if sync else self.acc.no_sync(self.model):
-                part = self._loss_sum(collate(chunk, self.pad_id))
-                self._check_finite(part.item(), "loss")
-                # DDP averages gradients over processes: scale so the result is the global token mean.
-                self.acc.backward(part * self.acc.num_processes / total_targets)
-            loss_sum += part.item()
-            self.tokens += self._reduce(sum(len(ex.input_ids) for ex in chunk))
-        norm = self.acc.clip_grad_norm_(params, self.s["max_grad_norm"] or math.inf)
-        self._check_finite(float(norm), "gradient norm")
+        loss = self._reduce(self._accumulate(mine, total_targets)) / total_targets
+        self._check_finite(loss, "loss")
+        norm = float(self.acc.clip_grad_norm_(params, self.s["max_grad_norm"] or math.inf))
+        self._check_finite(norm, "gradient norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.targets += total_targets
-        loss = self._reduce(loss_sum) / total_targets
+        self.tokens += self._reduce(sum(len(ex.input_ids) for ex in mine))
         self.losses.append(loss)
-        return loss, float(norm)
+        return loss, norm
+
+    def _accumulate(self, mine: list[Example], total_targets: float) -> float:
+        """Forward/backward over this process's examples in micro-batches, gradients of the global mean loss
+        accumulating; returns this process's summed loss. DDP syncs gradients only on the last micro-batch
+        (a process without examples runs one zero-weighted micro-batch so that it joins that sync)."""
+        micro = self.s["micro_batch_size"]
+        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)] or [None]
+        loss_sum = 0.0
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            with nullcontext() if last else self.acc.no_sync(self.model):
+                part = self._loss_sum(self.model, collate(chunk or self._any_example, self.pad_id))
+                weight = 0.0 if chunk is None else self.acc.num_processes / total_targets
+                # DDP averages gradients over processes: the weight makes the result the global token mean.
+                self.acc.backward(part * weight)
+            loss_sum += part.item() if chunk is not None else 0.0
+        return loss_sum
 
     @torch.no_grad()
     def evaluate(self, examples: list[Example]) -> float:
         """Held-out mean loss per target token (logged with its perplexity); returns the loss."""
-        self.model.eval()
+        self.peft.eval()  # not the DDP wrapper: evaluation needs no gradient sync
         mine = _shard(sorted(examples, key=lambda ex: len(ex.input_ids)), self.acc)
         micro = self.s["micro_batch_size"]
-        loss_sum = sum(self._loss_sum(collate(mine[i : i + micro], self.pad_id)).item()
+        loss_sum = sum(self._loss_sum(self.peft, collate(mine[i : i + micro], self.pad_id)).item()
                        for i in range(0, len(mine), micro))  # fmt: skip
         loss = self._reduce(loss_sum) / self._reduce(sum(ex.num_targets for ex in mine))
         ppl = math.exp(loss) if loss < 700 else math.inf
@@ -246,11 +265,11 @@ class _Trainer:
         self._log({"eval/loss": loss, "eval/ppl": ppl})
         return loss
 
-    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed next-token cross-entropy over the target tokens of ``batch`` (a 0-d fp32 tensor)."""
+    def _loss_sum(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed next-token cross-entropy of ``module`` over the target tokens of ``batch`` (0-d, fp32)."""
         batch = {k: v.to(self.acc.device) for k, v in batch.items()}
         with self._autocast():
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # logits [batch, seq, vocab] predict token t+1 from position t.
         logits = logits[:, :-1].float()
         return F.cross_entropy(
@@ -278,7 +297,7 @@ class _Trainer:
         finite: the optimizer has not yet applied this step)."""
         if math.isfinite(value):
             return
-        finite = all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad)
+        finite = all(torch.isfinite(p).all() for p in self.peft.parameters() if p.requires_grad)
         if finite:
             self.save_adapter()
         path = self.out_dir / "adapter"
@@ -303,14 +322,14 @@ class _Trainer:
         state = {"step": self.step, "train_loss": self.losses[-1] if self.losses else None,
                  "eval": self.evals[-1] if self.evals else None, "settings": self.s}  # fmt: skip
         with _atomic_dir(self.out_dir / "adapter") as tmp:
-            self.acc.unwrap_model(self.model).save_pretrained(tmp, safe_serialization=True)
+            self.peft.save_pretrained(tmp, safe_serialization=True)
             (tmp / "training_state.json").write_text(json.dumps(state, indent=2))
 
     def finish(self, metrics: dict) -> tuple[PreTrainedModel, dict]:
         """Saves the final adapter, merges it, saves the merged model and the metrics."""
         self.acc.wait_for_everyone()
         self.save_adapter()
-        merged = self.acc.unwrap_model(self.model).merge_and_unload()
+        merged = self.peft.merge_and_unload()
         merged.eval()
         if self.acc.is_main_process:
             with _atomic_dir(self.out_dir / "merged") as tmp:
@@ -321,7 +340,7 @@ class _Trainer:
         return merged, metrics
 
     def _metrics(self, total: int, seconds: float, num_train: int) -> dict:
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in self.peft.parameters() if p.requires_grad)
         return {
             "steps": self.step,
             "epochs": self.step * self.s["batch_size"] / num_train,
