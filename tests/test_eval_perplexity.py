@@ -7,7 +7,11 @@ import slimgpt
 from slimgpt.eval.perplexity import perplexity, perplexity_stats, tokenize_stream
 from slimgpt.testing import TINY_VOCAB, tiny_model, tiny_tokenizer
 
-DOCS = ["The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs!", "Sphinx of black quartz."]
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Pack my box with five dozen liquor jugs!",
+    "Sphinx of black quartz.",
+]
 
 
 def _hand_nll(model, ids: list[int], seq_len: int) -> tuple[float, int]:

@@ -73,7 +73,7 @@ def test_local_yaml_includes_the_stock_task(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(tasks=["piqa", "mmlu", "lambada"]), r"unknown zero-shot task\(s\) \['mmlu', 'lambada'\]; available: boolq"),
+        (dict(tasks=["piqa", "mmlu", "lambada"]), r"task\(s\) \['mmlu', 'lambada'\]; available: boolq, piqa"),
         (dict(tasks=["winogrande"], metrics={"winogrande": "acc_norm"}), "not computed by task winogrande"),
         (dict(tasks=["piqa"], metrics={"copa": "acc"}), "unknown task"),
         (dict(tasks=["piqa"], limit=0), "limit"),

@@ -10,6 +10,7 @@ are not comparable: always state the ``seq_len`` and the split.
 """
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,10 @@ def perplexity_stats(
 
     Returns:
         ``{"ppl", "nll", "num_tokens", "num_windows", "seq_len", "dropped_tokens", "corpus", "split",
-        "max_tokens"}`` where ``nll`` is the mean negative log-likelihood (nats per predicted token).
+        "max_tokens", "seconds"}`` where ``nll`` is the mean negative log-likelihood (nats per predicted
+        token) and ``seconds`` the wall time of the whole call.
     """
+    start = time.perf_counter()
     _check_args(seq_len, batch_size, max_tokens)
     check_vocab(model, tokenizer)
     docs = _documents(corpus, split)
@@ -79,6 +82,7 @@ def perplexity_stats(
         "corpus": corpus if isinstance(corpus, str) else f"<{len(corpus)} documents>",
         "split": split,
         "max_tokens": max_tokens,
+        "seconds": time.perf_counter() - start,
     }
 
 
@@ -111,12 +115,20 @@ def _nll_sum(model: PreTrainedModel, windows: torch.LongTensor, batch_size: int)
         for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", unit="batch", leave=False):
             batch = windows[start : start + batch_size].to(device)  # [B, L]
             logits = model(input_ids=batch, use_cache=False).logits  # [B, L, V]
-            # position t predicts token t+1: logits[:, :-1] ([B, L-1, V]) against batch[:, 1:] ([B, L-1])
-            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
-            total += nll.double().item()
+            total += _window_nll(logits, batch)
     finally:
         model.train(was_training)
     return total
+
+
+def _window_nll(logits: torch.Tensor, batch: torch.LongTensor) -> float:
+    """Summed NLL of logits FloatTensor[B, L, V] for tokens batch[B, L]: position t predicts token t+1.
+
+    One window at a time so that ``logits[b, :-1]`` ([L-1, V]) is a view and only one window's fp32
+    log-softmax exists at once (at seq_len 2048 a whole batch of it would be several GB).
+    """
+    nll = [F.cross_entropy(logits[b, :-1].float(), batch[b, 1:], reduction="sum") for b in range(len(batch))]
+    return float(torch.stack(nll).double().sum())
 
 
 def _documents(corpus: str | list[str], split: str) -> list[str]:
@@ -127,7 +139,8 @@ def _documents(corpus: str | list[str], split: str) -> list[str]:
         return text_corpus(corpus, split)
     if isinstance(corpus, (list, tuple)) and corpus and all(isinstance(d, str) for d in corpus):
         return list(corpus)
-    raise ValueError(f"corpus must be a text_corpus name or a non-empty list of strings, got {type(corpus).__name__}")
+    got = type(corpus).__name__ if corpus else "an empty list"
+    raise ValueError(f"corpus must be a text_corpus name or a non-empty list of strings, got {got}")
 
 
 def _check_args(seq_len: int, batch_size: int, max_tokens: int | None) -> None:

@@ -14,6 +14,7 @@ ARC-e; ``acc_norm`` for HellaSwag, ARC-c, OpenBookQA. The average is the unweigh
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -81,9 +82,12 @@ def zeroshot(
     Returns:
         ``{"tasks": {task: {"metric", "value", "stderr", "n", "n_total", "split", "data_file",
         "task_version"}}, "average", "metric_map", "limit", "num_fewshot": 0, "source",
-        "lm_eval_version"}``. ``n`` is the number of documents scored (``limit`` applied), ``n_total`` the
-        size of the evaluated split; ``split``/``data_file`` are None for the hub source.
+        "lm_eval_version", "seconds"}``. ``n`` is the number of documents scored (``limit`` applied),
+        ``n_total`` the size of the evaluated split; ``split``/``data_file`` are None for the hub source.
+
+    Note: lm-eval's ``simple_evaluate`` re-seeds Python's, NumPy's and torch's global RNGs (fixed seeds).
     """
+    start = time.perf_counter()
     task_list = _check_tasks(tasks)
     metric_map = _resolve_metrics(task_list, metrics)
     _check_call(limit, batch_size, source)
@@ -100,6 +104,7 @@ def zeroshot(
         "num_fewshot": 0,
         "source": source,
         "lm_eval_version": raw["lm_eval_version"],
+        "seconds": time.perf_counter() - start,
     }
 
 
