@@ -36,11 +36,23 @@ def records(n: int, seed: int) -> list[dict]:
     return out
 
 
+def pruned_shape_model() -> slimgpt.SlimGPTForCausalLM:
+    """A tiny SlimGPT model with the per-layer widths pruning leaves: 3 and 2 query heads (uneven GQA map in
+    layer 0), 2 and 1 kv heads, FFN widths 40 and 24."""
+    config = slimgpt.as_slim(tiny_model("llama", num_layers=2)).config.to_dict()
+    for key in ("transformers_version", "architectures", "model_type"):
+        config.pop(key, None)
+    config.update(layer_num_heads=[3, 2], layer_kv_map=[[0, 1, 1], [0, 0]], layer_num_key_value_heads=[2, 1],
+                  layer_intermediate_sizes=[40, 24])  # fmt: skip
+    torch.manual_seed(0)
+    return slimgpt.SlimGPTForCausalLM(slimgpt.SlimGPTConfig(**config)).eval()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short LoRA stage on a tiny SlimGPT model: (model before, merged model, metrics, out_dir, logs)."""
+    """One short LoRA stage on a tiny pruned-shape model: (model before, merged model, metrics, out_dir, logs)."""
     torch.set_num_threads(1)
-    model = slimgpt.as_slim(tiny_model("llama", num_layers=2))
+    model = pruned_shape_model()
     before = copy.deepcopy(model)
     out_dir = tmp_path_factory.mktemp("lora")
     logs = []
@@ -117,6 +129,7 @@ def test_merged_model_saves_and_loads(trained):
     _, merged, _, out_dir, _ = trained
     loaded = AutoModelForCausalLM.from_pretrained(out_dir / "merged")
     assert isinstance(loaded, slimgpt.SlimGPTForCausalLM)
+    assert loaded.config.layer_intermediate_sizes == [40, 24] and loaded.config.layer_kv_map == [[0, 1, 1], [0, 0]]
     ids = torch.arange(40)[None]
     torch.testing.assert_close(loaded(ids).logits, merged(ids).logits, rtol=0, atol=0)
     assert not any(p.name.startswith(".") for p in out_dir.iterdir())  # no temp dirs left behind
