@@ -172,3 +172,12 @@ def test_bad_input_fails_before_any_change(kwargs, match):
 def test_dense_hf_model_is_refused_with_a_hint():
     with pytest.raises(TypeError, match="as_slim"):
         slimgpt.prune(tiny_model(), CALIB, 0.2)
+
+
+def test_layer_range_prunes_only_inside_and_hits_the_ratio():
+    model = _slim(num_layers=4)
+    report = slimgpt.prune(model, CALIB, 0.2, schedule="uniform", layer_range=(1, 3), batch_size=6, progress=False)
+    assert [r.params[0] == r.params[1] for r in report.layers] == [True, False, False, True]
+    assert report.achieved_ratio == pytest.approx(0.2, abs=0.01)
+    with pytest.raises(ValueError, match="layer_range"):
+        slimgpt.prune(_slim(num_layers=4), CALIB, 0.2, layer_range=(3, 9))

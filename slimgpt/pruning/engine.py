@@ -24,6 +24,7 @@ from .stats import InputStats
 from .structures import (
     HEAD_GRANULARITIES,
     Block,
+    add_output_biases,
     attention_block,
     channel_params,
     count_params,
@@ -34,7 +35,7 @@ from .structures import (
     removed_heads_of,
 )
 
-ENGINE_OPTIONS = ("first_ratio", "head_granularity", "batch_size", "device", "progress")
+ENGINE_OPTIONS = ("first_ratio", "layer_range", "head_granularity", "batch_size", "device", "progress")
 
 
 class _StopForward(Exception):
@@ -57,7 +58,8 @@ def prune(
         ratio: fraction of *total* parameters to remove (embeddings count, though never pruned), in [0, 1).
         schedule: layer-ratio schedule (``slimgpt.pruning.schedules.SCHEDULES``).
         method: pruning method name (``slimgpt.pruning.METHODS``).
-        options: engine options ``first_ratio`` (schedule's least-pruned layer ratio), ``head_granularity``
+        options: engine options ``first_ratio`` (schedule's least-pruned layer ratio), ``layer_range``
+            (``(start, end)``: only layers ``start <= i < end`` are pruned, as LLM-Pruner's default), ``head_granularity``
             ("kv_group" | "query_head"), ``batch_size`` (calibration sequences per forward), ``device``
             (compute device; default CUDA if available), ``progress``; every other option goes to the method.
     Returns:
@@ -75,6 +77,7 @@ def run(
     schedule: str,
     pruner: Method,
     first_ratio: float | None = None,
+    layer_range: tuple[int, int] | None = None,
     head_granularity: str = "kv_group",
     batch_size: int = 8,
     device: str | torch.device | None = None,
@@ -85,11 +88,10 @@ def run(
     layers = model.model.layers
     weights = [layer_prunable_params(layer) for layer in layers]
     params_before = count_params(model)
-    mean_layer_ratio = ratio * params_before / sum(weights)
-    if mean_layer_ratio >= 1:
-        raise ValueError(f"ratio {ratio} of all parameters exceeds every prunable decoder-layer parameter")
-    ratios = layer_ratios(schedule, mean_layer_ratio, weights, first_ratio)
+    ratios = plan_ratios(ratio * params_before, weights, schedule, first_ratio, layer_range)
     check_feasible(model, ratios, head_granularity)
+    if pruner.adds_bias:
+        add_output_biases(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
     if device.type == "cuda":
@@ -110,8 +112,8 @@ def run(
         prunable_after=sum(layer_prunable_params(layer) for layer in layers), layers=reports,
         seconds=time.perf_counter() - start, capture_seconds=capture_seconds, peak_memory_bytes=peak,
         peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
-        options={"first_ratio": first_ratio, "head_granularity": head_granularity, "batch_size": batch_size,
-                 **vars(pruner)},
+        options={"first_ratio": first_ratio, "layer_range": layer_range, "head_granularity": head_granularity,
+                 "batch_size": batch_size, **vars(pruner)},
     )
 
 
@@ -139,6 +141,26 @@ def check_inputs(model, calibration: torch.Tensor, ratio: float, granularity: st
     if calibration.min() < 0 or calibration.max() >= model.config.vocab_size:
         raise ValueError(f"calibration token ids must be in [0, {model.config.vocab_size}), "
                          f"got [{int(calibration.min())}, {int(calibration.max())}]")
+
+
+def plan_ratios(
+    remove_params: float,
+    weights: list[int],
+    schedule: str,
+    first_ratio: float | None,
+    layer_range: tuple[int, int] | None,
+) -> list[float]:
+    """Per-layer ratios removing ``remove_params`` parameters from the layers in ``layer_range`` (all by default)."""
+    n = len(weights)
+    start, end = layer_range if layer_range is not None else (0, n)
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= n):
+        raise ValueError(f"layer_range must be (start, end) with 0 <= start < end <= {n}, got {layer_range!r}")
+    inside = weights[start:end]
+    mean_ratio = remove_params / sum(inside)
+    if mean_ratio >= 1:
+        raise ValueError(f"removing {remove_params:,.0f} parameters exceeds every prunable parameter of layers "
+                         f"{start}..{end - 1} ({sum(inside):,})")
+    return [0.0] * start + layer_ratios(schedule, mean_ratio, inside, first_ratio) + [0.0] * (n - end)
 
 
 def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], granularity: str) -> None:
@@ -258,6 +280,8 @@ def prune_block(
         if selection.weight is not None:
             out.weight.copy_(selection.weight.to(out.weight.dtype))
         if selection.bias is not None:
+            if out.bias is None:
+                raise TypeError(f"method '{pruner.name}' returns a bias but does not set adds_bias = True")
             out.bias.copy_(selection.bias.to(out.bias.dtype))
     return list(selection.removed), dict(selection.info, removed=len(selection.removed))
 
@@ -283,7 +307,7 @@ def prune_layer(
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     kv_map = attn.kv_map
-    block = attention_block(attn, kv_map, granularity)
+    block = attention_block(attn, kv_map, granularity, index)
     num_units = min(round(ratio * block.num_units), block.num_units - 1)
     removed, attn_info = prune_block(layer, block, num_units, inps, batch_kwargs, pruner)
     if removed:
@@ -291,7 +315,7 @@ def prune_layer(
     mlp = layer.mlp
     budget = ratio * params - (params - layer_prunable_params(layer))
     num_channels = min(max(round(budget / channel_params(mlp)), 0), mlp.intermediate_size - 1)
-    removed, mlp_info = prune_block(layer, mlp_block(mlp), num_channels, inps, batch_kwargs, pruner)
+    removed, mlp_info = prune_block(layer, mlp_block(mlp, index), num_channels, inps, batch_kwargs, pruner)
     if removed:
         remove_channels(mlp, removed)
     forward_layer(layer, inps, batch_kwargs)

@@ -25,12 +25,14 @@ class Block:
     units: ``[u, s]`` column indices of ``out_proj`` per unit (a head: ``head_dim`` columns; a KV group:
         ``group * head_dim``; a channel: 1).
     coupled: ``(linear, rows)`` pairs, ``rows: [u, s_r]`` output rows of ``linear`` deleted with each unit.
+    layer: index of the decoder layer (methods with whole-model statistics look theirs up by it).
     """
 
     kind: str
     out_proj: nn.Linear
     units: torch.Tensor
     coupled: list[tuple[nn.Linear, torch.Tensor]]
+    layer: int = -1
 
     @property
     def num_units(self) -> int:
@@ -50,7 +52,7 @@ def kv_groups(kv_map: list[int]) -> list[list[int]]:
     return groups
 
 
-def attention_block(attn: SlimGPTAttention, kv_map: list[int], granularity: str) -> Block:
+def attention_block(attn: SlimGPTAttention, kv_map: list[int], granularity: str, layer: int = -1) -> Block:
     """The attention heads of a layer as units.
 
     ``granularity="kv_group"``: a unit is one key-value head with all its query heads (needs equal group
@@ -59,7 +61,7 @@ def attention_block(attn: SlimGPTAttention, kv_map: list[int], granularity: str)
     hd = attn.head_dim
     if granularity == "query_head":
         units = _head_rows(list(range(len(kv_map))), hd)
-        return Block("attention", attn.o_proj, units, [(attn.q_proj, units)])
+        return Block("attention", attn.o_proj, units, [(attn.q_proj, units)], layer)
     if granularity != "kv_group":
         raise ValueError(f"unknown head granularity '{granularity}'; choose one of {', '.join(HEAD_GRANULARITIES)}")
     groups = kv_groups(kv_map)
@@ -67,13 +69,14 @@ def attention_block(attn: SlimGPTAttention, kv_map: list[int], granularity: str)
         raise ValueError(f"kv_group pruning needs equal GQA groups, got sizes {[len(g) for g in groups]}")
     units = torch.stack([_head_rows(g, hd).flatten() for g in groups])  # [kv_heads, group * hd]
     kv_rows = _head_rows(list(range(len(groups))), hd)
-    return Block("attention", attn.o_proj, units, [(attn.q_proj, units), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows)])
+    coupled = [(attn.q_proj, units), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows)]
+    return Block("attention", attn.o_proj, units, coupled, layer)
 
 
-def mlp_block(mlp: SlimGPTMLP) -> Block:
+def mlp_block(mlp: SlimGPTMLP, layer: int = -1) -> Block:
     """The FFN channels of a layer as units (one ``down_proj`` column + one gate row + one up row each)."""
     units = torch.arange(mlp.down_proj.in_features)[:, None]
-    return Block("mlp", mlp.down_proj, units, [(mlp.gate_proj, units), (mlp.up_proj, units)])
+    return Block("mlp", mlp.down_proj, units, [(mlp.gate_proj, units), (mlp.up_proj, units)], layer)
 
 
 def slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -151,3 +154,14 @@ def channel_params(mlp: SlimGPTMLP) -> int:
     hidden = mlp.hidden_size
     bias = sum(1 for p in (mlp.gate_proj.bias, mlp.up_proj.bias) if p is not None)
     return 3 * hidden + bias
+
+
+def add_output_biases(model) -> None:
+    """Gives every ``o_proj`` and ``down_proj`` a (zero) bias and records it in the config, for methods that
+    compensate removed units through a bias (FLAP). A no-op where the biases exist."""
+    for layer in model.model.layers:
+        for linear in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            if linear.bias is None:
+                w = linear.weight
+                linear.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+    model.config.o_proj_bias = model.config.down_proj_bias = True

@@ -33,6 +33,8 @@ class Method:
     needs_hessian: bool = False
     #: whether the engine must run calibration data through each block at all
     needs_inputs: bool = True
+    #: whether ``Selection.bias`` is used (the engine then gives every o_proj/down_proj a bias first)
+    adds_bias: bool = False
 
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
         raise NotImplementedError
