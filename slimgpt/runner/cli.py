@@ -1,0 +1,103 @@
+"""``slimgpt [overrides]``: the Hydra entry point (the only code that sees the config object).
+
+It turns the composed config into typed specs (``build_job``), builds the logger, runs the job and prints
+its results table. Everything else takes plain typed arguments.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .pipeline import Job, run_job
+from .report import record_rows, to_markdown
+from .specs import parse_stages
+
+#: Top-level keys of the composed config (groups first); anything else is a typo.
+TOP_LEVEL_KEYS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "logger",
+                  "stages", "baseline", "name", "sweep_name", "paths")
+SPEC_GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval")
+
+
+def build_spec(cfg: DictConfig, group: str):
+    """Instantiates ``cfg[group]`` (a ``_target_`` node); a bad key or value names the group and allowed keys."""
+    node = cfg[group]
+    try:
+        return instantiate(node, _convert_="all")
+    except Exception as error:  # hydra wraps the constructor's error; unwrap it for the message
+        cause = error.__cause__ or error
+        allowed = _allowed_keys(node)
+        hint = f"; allowed keys: {allowed}" if allowed else ""
+        raise ValueError(f"invalid '{group}' config: {cause}{hint}") from error
+
+
+def _allowed_keys(node: DictConfig) -> list[str]:
+    try:
+        target = get_class(node["_target_"])
+    except Exception:
+        return []
+    return [f.name for f in dataclasses.fields(target)] if dataclasses.is_dataclass(target) else []
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """Rejects top-level keys that no part of the runner reads (a typo in an experiment file, say)."""
+    unknown = sorted(set(cfg.keys()) - set(TOP_LEVEL_KEYS) - {"hydra"})
+    if unknown:
+        raise ValueError(f"unknown top-level config keys {unknown}; allowed: {list(TOP_LEVEL_KEYS)}")
+
+
+def build_job(cfg: DictConfig, *, run_dir: Path, group: str | None = None, overrides: tuple[str, ...] = (),
+              choices: dict | None = None) -> Job:
+    """The typed ``Job`` of a composed config; fails on unknown keys, unknown stages and bad values."""
+    check_top_level(cfg)
+    specs = {group_name: build_spec(cfg, group_name) for group_name in SPEC_GROUPS}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return Job(
+        model=specs["model"], calib=specs["calib"], pruner=specs["pruner"], schedule=specs["schedule"],
+        finetune=specs["finetune"], evaluation=specs["eval"], run_dir=Path(run_dir),
+        cache_dir=_cache_dir(cfg.paths.cache), name=str(cfg.name), group=group,
+        stages=parse_stages(cfg.stages), baseline=bool(cfg.baseline), overrides=tuple(overrides),
+        config={**resolved, "choices": choices or {}, "overrides": list(overrides)},
+    )
+
+
+def _cache_dir(configured: str | None) -> Path:
+    if configured:
+        return Path(configured)
+    from slimgpt.assets import cache_dir
+
+    return cache_dir() / "runs"
+
+
+def job_from_hydra(cfg: DictConfig) -> Job:
+    """``build_job`` with the run folder, W&B group, overrides and group choices of the current Hydra job."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
+    return build_job(cfg, run_dir=Path(hydra_cfg.runtime.output_dir),
+                     group=str(cfg.sweep_name) if multirun else None,
+                     overrides=tuple(hydra_cfg.overrides.task), choices=choices)
+
+
+def objective(record: dict) -> float | None:
+    """The value a Hydra sweeper optimises: the final model's first perplexity, if measured."""
+    finals = [e["metrics"] for e in record["evaluations"] if e["role"] == "final"]
+    ppl = [v for k, v in (finals[0] if finals else {}).items() if k.startswith("ppl/")]
+    return ppl[0] if ppl else None
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Compose → typed job → run → print the results table."""
+    job = job_from_hydra(cfg)
+    logger = instantiate(cfg.logger)
+    record = run_job(job, logger)
+    print(f"\nresults: {job.run_dir / 'results.json'}\n" + to_markdown(record_rows(record)), flush=True)
+    return objective(record)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Typed, validated specifications built from the Hydra config groups (each YAML's ``_target_`` names one).
+
+They are plain frozen dataclasses: the stage functions take them as arguments, never a ``DictConfig``.
+Every ``__post_init__`` rejects a bad value with one message naming the value and what is allowed, so a
+typo fails when the job starts, not an hour into it. Unknown keys fail in ``__init__`` (dataclasses accept
+only their declared fields).
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STAGES = ("prune", "finetune", "eval")
+SCHEDULES = ("uniform", "log_increase", "linear_increase", "log_decrease", "linear_decrease")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_positive(owner: str, **values: int | None) -> None:
+    for key, value in values.items():
+        _require(value is None or value > 0, f"{owner}.{key} must be a positive number, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    """Turns OmegaConf containers (when a spec is built by ``instantiate``) into plain dicts/lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to start from: an asset name (``smollm2-135m``), a hub id, a local path, or ``tiny``.
+
+    ``tiny`` builds ``slimgpt.testing.tiny_model(**tiny)`` (random, deterministic) with the byte tokenizer.
+    """
+
+    name: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    tiny: dict | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "tiny", _plain(self.tiny))
+        _require(bool(self.name), "model.name must be a model name, hub id or path, got an empty value")
+        _require(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {list(DTYPES)}")
+        _require(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            f"model.device={self.device!r}; use 'cpu' or 'cuda[:N]'",
+        )
+        _require((self.name == "tiny") == (self.tiny is not None), "model.tiny (sizes) is set iff model.name=tiny")
+
+    def identity(self) -> dict:
+        """The fields that determine the weights (the device does not)."""
+        return {"name": self.name, "dtype": self.dtype, "tiny": self.tiny}
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """Calibration set: ``num_samples`` random windows of ``seq_len`` tokens from corpus ``source``."""
+
+    source: str
+    num_samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(bool(self.source), "calib.source must name a corpus (wiki, c4, sharegpt, ...)")
+        _check_positive("calib", num_samples=self.num_samples, seq_len=self.seq_len)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """A structured pruner (``slimgpt.prune(..., method=method, **options)``) and its target ``ratio``.
+
+    ``ratio`` is the fraction of the model's total parameters to remove (METHOD.md §5), in [0, 1).
+    """
+
+    method: str
+    ratio: float
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", _plain(self.options) or {})
+        _require(0.0 <= self.ratio < 1.0, f"pruner.ratio={self.ratio!r} must lie in [0, 1)")
+        _require(bool(self.method), "pruner.method must name a pruning method")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """How the target ratio is spread over layers (METHOD.md §5); ``first_ratio`` is r_0 where it applies."""
+
+    name: str
+    first_ratio: float | None = None
+
+    def __post_init__(self):
+        _require(self.name in SCHEDULES, f"schedule.name={self.name!r} is not one of {list(SCHEDULES)}")
+        _require(
+            self.first_ratio is None or 0.0 <= self.first_ratio < 1.0,
+            f"schedule.first_ratio={self.first_ratio!r} must lie in [0, 1) or be null",
+        )
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA recovery stage: train on ``train_examples`` of instruction set ``data``, then merge.
+
+    ``options`` go to ``slimgpt.finetune.lora.lora_finetune`` as keyword arguments (rank, lr, epochs, ...).
+    """
+
+    data: str
+    train_examples: int | None = None
+    eval_examples: int = 64
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", _plain(self.options) or {})
+        _require(bool(self.data), "finetune stage data must name an instruction set (sharegpt, alpaca-cleaned)")
+        _check_positive("finetune", train_examples=self.train_examples, eval_examples=self.eval_examples)
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """Recovery stages applied in order (an empty list = no recovery)."""
+
+    stages: tuple[LoraSpec, ...] = ()
+
+    def __post_init__(self):
+        stages = tuple(_plain(self.stages) or ())
+        for stage in stages:
+            _require(isinstance(stage, LoraSpec), f"finetune.stages entries must be LoRA stages, got {stage!r}")
+        object.__setattr__(self, "stages", stages)
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    """Perplexity on each of ``corpora`` (split ``split``), windows of ``seq_len`` tokens."""
+
+    corpora: tuple[str, ...] = ("wiki",)
+    split: str = "test"
+    seq_len: int = 128
+    batch_size: int = 8
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        corpora = tuple(_plain(self.corpora) or ())
+        _require(len(corpora) > 0, "eval.perplexity.corpora must list at least one corpus")
+        object.__setattr__(self, "corpora", corpora)
+        _check_positive("eval.perplexity", seq_len=self.seq_len, batch_size=self.batch_size, max_tokens=self.max_tokens)
+
+
+@dataclass(frozen=True)
+class ZeroshotSpec:
+    """lm-eval zero-shot accuracy on ``tasks`` (first ``limit`` examples of each; null = all).
+
+    ``metrics`` overrides the per-task metric (task -> acc | acc_norm); ``source`` is ``local`` (offline
+    data from slimgpt.assets) or ``hub`` (the stock lm-eval datasets, online).
+    """
+
+    tasks: tuple[str, ...] = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+    limit: int | None = None
+    batch_size: int = 8
+    metrics: dict | None = None
+    source: str = "local"
+
+    def __post_init__(self):
+        object.__setattr__(self, "metrics", _plain(self.metrics))
+        _require(self.source in ("local", "hub"), f"eval.zeroshot.source={self.source!r}; allowed: local, hub")
+        tasks = tuple(_plain(self.tasks) or ())
+        _require(len(tasks) > 0, "eval.zeroshot.tasks must list at least one task")
+        object.__setattr__(self, "tasks", tasks)
+        _check_positive("eval.zeroshot", limit=self.limit, batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to measure on each model: perplexity and/or zero-shot (at least one)."""
+
+    perplexity: PerplexitySpec | None = None
+    zeroshot: ZeroshotSpec | None = None
+
+    def __post_init__(self):
+        _require(self.perplexity is not None or self.zeroshot is not None, "eval needs perplexity and/or zeroshot")
+
+
+def parse_stages(stages: list[str]) -> tuple[str, ...]:
+    """Validates the ``stages`` list: names from ``STAGES``, no repeats, kept in pipeline order."""
+    stages = list(_plain(stages))
+    for stage in stages:
+        _require(stage in STAGES, f"stages: unknown stage {stage!r}; allowed: {list(STAGES)}")
+    _require(len(set(stages)) == len(stages), f"stages: {stages} repeats a stage")
+    _require(len(stages) > 0, f"stages is empty; choose from {list(STAGES)}")
+    return tuple(s for s in STAGES if s in stages)
+
+
+def spec_dict(spec: Any) -> dict | None:
+    """A JSON-able dict of a spec (``None`` stays ``None``)."""
+    return None if spec is None else asdict(spec)

@@ -1,0 +1,252 @@
+"""The three stages of a job — prune, finetune, eval — as functions with artifacts in and out.
+
+A ``ModelArtifact`` names a model: the dense starting point (built from its ``ModelSpec``) or a saved
+checkpoint directory in the artifact cache. Each stage computes the signature of what determines its
+output, returns the cached artifact when it exists, and otherwise does the work, checks its postcondition
+and stores the result. The library functions they call (``slimgpt.prune``, ``slimgpt.eval``, ...) are
+imported inside each stage, so the runner imports and configs compose while they are optional.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import ArtifactCache, signature
+from .logging import Logger
+from .specs import CalibSpec, EvalSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A model produced by a stage. ``path`` is a checkpoint directory; ``None`` means the dense model."""
+
+    label: str
+    key: str
+    path: Path | None = None
+    cached: bool = False
+
+
+def dense_artifact(model: ModelSpec) -> ModelArtifact:
+    """The starting point of every job: the dense model named by ``model``."""
+    return ModelArtifact(label="dense", key=signature({"model": model.identity()}))
+
+
+def load_model(artifact: ModelArtifact, model: ModelSpec):
+    """Loads ``artifact`` as ``(SlimGPTForCausalLM, tokenizer)`` in ``model.dtype`` on ``model.device``."""
+    dtype = getattr(torch, model.dtype)
+    if artifact.path is not None:
+        from transformers import AutoTokenizer
+
+        from slimgpt.modeling import SlimGPTForCausalLM
+
+        net = SlimGPTForCausalLM.from_pretrained(artifact.path, dtype=dtype).to(model.device)
+        return net.eval(), AutoTokenizer.from_pretrained(artifact.path)
+    if model.name == "tiny":
+        from slimgpt import as_slim
+        from slimgpt.testing import tiny_model, tiny_tokenizer
+
+        return as_slim(tiny_model(**model.tiny)).to(device=model.device, dtype=dtype), tiny_tokenizer()
+    from slimgpt import load_model as load_named
+
+    return load_named(model.name, dtype=dtype, device=model.device)
+
+
+def count_params(net: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied embeddings count once)."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def _save_checkpoint(net, tokenizer):
+    """A writer for ``ArtifactCache.store_dir``: safetensors weights, config (per-layer widths), tokenizer."""
+
+    def write(folder: Path) -> None:
+        net.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return write
+
+
+def check_finite_logits(net, tokens: torch.Tensor) -> None:
+    """Postcondition of every stage that changes weights: a forward pass on ``tokens[1, T]`` is finite."""
+    with torch.no_grad():
+        logits = net(tokens.to(net.device)).logits  # [1, T, vocab]
+    if not torch.isfinite(logits).all():
+        raise RuntimeError("the model produces non-finite logits after this stage")
+
+
+# ----------------------------------------------------------------------------------------------- prune
+
+
+def prune_stage(source: ModelArtifact, model: ModelSpec, calib: CalibSpec, pruner: PrunerSpec,
+                schedule: ScheduleSpec, *, cache: ArtifactCache, logger: Logger) -> tuple[ModelArtifact, dict]:
+    """Prunes ``source`` with ``pruner``/``schedule`` on calibration set ``calib``; returns (artifact, report).
+
+    The pruned checkpoint is cached under the signature of (source, calib, pruner, schedule): a second job
+    with the same values — whatever its finetune/eval settings — loads it instead of pruning again.
+    """
+    key = signature({"source": source.key, "calib": spec_dict(calib), "pruner": spec_dict(pruner),
+                     "schedule": spec_dict(schedule)})
+    label = f"{source.label}>{pruner.method}" if source.label != "dense" else pruner.method
+    cached = cache.find_dir("pruned", key) is not None
+    if cached:
+        log.info("prune: reusing the cached model %s", cache.path("pruned", key))
+        report = cache.dir_meta("pruned", key)["report"]
+    else:
+        report = _prune_and_store(source, model, calib, pruner, schedule, cache, key)
+    _log_prune_report(report, logger)
+    return ModelArtifact(label=label, key=key, path=cache.path("pruned", key), cached=cached), report
+
+
+def _prune_and_store(source, model, calib, pruner, schedule, cache, key) -> dict:
+    """Loads ``source``, draws calibration data, prunes in place, checks and stores; returns the report."""
+    import slimgpt
+
+    net, tokenizer = load_model(source, model)
+    calibration = slimgpt.calibration_data(calib.source, tokenizer, calib.num_samples, calib.seq_len,
+                                           seed=calib.seed)  # [num_samples, seq_len]
+    options = dict(pruner.options)
+    if schedule.first_ratio is not None:
+        options["first_ratio"] = schedule.first_ratio
+    log.info("prune: %s to ratio %.3f, schedule %s", pruner.method, pruner.ratio, schedule.name)
+    report = slimgpt.prune(net, calibration, pruner.ratio, schedule=schedule.name, method=pruner.method,
+                           **options).to_dict()
+    check_finite_logits(net, calibration[:1])
+    cache.store_dir("pruned", key, _save_checkpoint(net, tokenizer), meta={"report": report})
+    return report
+
+
+def _log_prune_report(report: dict, logger: Logger) -> None:
+    """Per-layer pruning metrics (one point per layer against ``prune/layer``) and a per-layer table."""
+    layers = [layer_metrics(layer) for layer in report.get("layers", [])]
+    for index, layer in enumerate(layers):
+        logger.log({"prune/layer": index, **{f"prune/{k}": v for k, v in layer.items() if k != "layer"}})
+    if layers:
+        columns = sorted({k for layer in layers for k in layer}, key=lambda k: (k != "layer", k))
+        logger.log_table("prune/layers", columns, [[layer.get(k) for k in columns] for layer in layers])
+    logger.summary({f"prune/{k}": v for k, v in report.items() if _is_number(v)})
+
+
+def layer_metrics(layer: dict) -> dict[str, float]:
+    """The numbers of one per-layer report entry: scalars as they are, ``(before, after)`` pairs as
+    ``<key>_after``, nested dicts (attention/mlp errors) as ``<key>/<inner>``."""
+    flat = {}
+    for key, value in layer.items():
+        if _is_number(value):
+            flat[key] = value
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value)):
+            flat[f"{key}_after"] = value[1]
+        elif isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in value.items() if _is_number(v)})
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------------------------- finetune
+
+
+def finetune_stage(source: ModelArtifact, model: ModelSpec, finetune: FinetuneSpec, *, cache: ArtifactCache,
+                   logger: Logger) -> tuple[ModelArtifact, list[dict]]:
+    """Applies the recovery stages of ``finetune`` in order; returns (final artifact, one info dict each)."""
+    infos = []
+    for index, stage in enumerate(finetune.stages):
+        source, info = _lora_step(source, model, stage, index, cache=cache, logger=logger)
+        infos.append(info)
+    return source, infos
+
+
+def _lora_step(source: ModelArtifact, model: ModelSpec, stage: LoraSpec, index: int, *, cache: ArtifactCache,
+               logger: Logger) -> tuple[ModelArtifact, dict]:
+    """One LoRA stage on ``source`` (cached by the signature of source + stage); logs its loss curve."""
+    key = signature({"source": source.key, "lora": spec_dict(stage)})
+    prefix = f"lora{index}"
+    cached = cache.find_dir("finetuned", key) is not None
+    if cached:  # replay the stored curve so that the W&B run of a cached job still shows it
+        log.info("finetune: reusing the cached model %s", cache.path("finetuned", key))
+        for step, loss in enumerate(cache.dir_meta("finetuned", key).get("train_loss_curve", []), start=1):
+            logger.log({f"{prefix}/step": step, f"{prefix}/train/loss": loss})
+    else:
+        _lora_train_and_store(source, model, stage, cache, key, prefix, logger)
+    info = cache.dir_meta("finetuned", key)
+    path = cache.path("finetuned", key) / info["checkpoint"]
+    logger.summary({f"{prefix}/{k}": v for k, v in info.items() if _is_number(v)})
+    return ModelArtifact(label=f"{source.label}+lora", key=key, path=path, cached=cached), info
+
+
+def _lora_train_and_store(source, model, stage: LoraSpec, cache, key, prefix: str, logger: Logger) -> None:
+    """Trains and merges LoRA in a temporary cache folder (adapter/, merged/, metrics.json), then publishes it."""
+    from slimgpt.assets import instruction_data
+    from slimgpt.finetune.lora import lora_finetune
+
+    net, tokenizer = load_model(source, model)
+    train = instruction_data(stage.data, "train")[: stage.train_examples]
+    held_out = instruction_data(stage.data, "test")[: stage.eval_examples]
+    log.info("finetune: LoRA on %d %s examples", len(train), stage.data)
+    info: dict = {}
+
+    def log_fn(values: dict, step: int) -> None:
+        logger.log({f"{prefix}/step": step, **values})
+
+    def write(folder: Path) -> None:
+        merged, metrics = lora_finetune(net, tokenizer, train, held_out, out_dir=folder, log_fn=log_fn,
+                                        log_prefix=prefix, **stage.options)
+        check_finite_logits(merged, tokenizer("Hello world", return_tensors="pt").input_ids)
+        info.update(metrics, checkpoint="merged")
+
+    cache.store_dir("finetuned", key, write, meta=info)
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+
+def eval_stage(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec, *, cache: ArtifactCache,
+               logger: Logger) -> dict[str, float]:
+    """Perplexity and/or zero-shot metrics of ``source``; flat keys like ``ppl/wiki``, ``zeroshot/avg``.
+
+    Cached by (source, evaluation): re-running a finished job does not evaluate again.
+    """
+    key = signature({"source": source.key, "eval": spec_dict(evaluation)})
+    metrics = cache.find_json("eval", key)
+    if metrics is None:
+        metrics = _evaluate(source, model, evaluation)
+        cache.store_json("eval", key, metrics)
+    logger.summary({f"{source.label}/{k}": v for k, v in metrics.items()})
+    return metrics
+
+
+def _evaluate(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec) -> dict[str, float]:
+    net, tokenizer = load_model(source, model)
+    metrics: dict[str, float] = {"params": count_params(net)}
+    started = time.perf_counter()
+    if (ppl := evaluation.perplexity) is not None:
+        from slimgpt.eval.perplexity import perplexity
+
+        for corpus in ppl.corpora:
+            metrics[f"ppl/{corpus}"] = perplexity(net, tokenizer, corpus, seq_len=ppl.seq_len, split=ppl.split,
+                                                  batch_size=ppl.batch_size, max_tokens=ppl.max_tokens)
+    if (zs := evaluation.zeroshot) is not None:
+        from slimgpt.eval.zeroshot import zeroshot
+
+        scores = zeroshot(net, tokenizer, list(zs.tasks), limit=zs.limit, batch_size=zs.batch_size,
+                          metrics=zs.metrics, source=zs.source)
+        metrics.update(zeroshot_metrics(scores))
+    metrics["eval_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def zeroshot_metrics(scores: dict) -> dict[str, float]:
+    """``zeroshot(...)``'s result as ``zeroshot/<task>`` (the task's metric) plus ``zeroshot/avg``."""
+    flat = {f"zeroshot/{task}": float(result["value"]) for task, result in scores["tasks"].items()}
+    flat["zeroshot/avg"] = float(scores["average"])
+    return flat
+
+
+__all__ = ["ModelArtifact", "dense_artifact", "eval_stage", "finetune_stage", "load_model", "prune_stage"]

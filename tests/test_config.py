@@ -1,0 +1,169 @@
+"""Config composition: every option of every group, every experiment/sweep/debug file, and clear errors."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+
+from slimgpt.runner import specs
+from slimgpt.runner.cli import TOP_LEVEL_KEYS, build_job, build_spec
+from slimgpt.runner.logging import Logger
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "logger", "launcher")
+FILE_GROUPS = ("experiment", "debug", "sweep")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str, hydra: bool = False, tmp: Path | None = None):
+    """Composes conf/config.yaml with ``overrides`` (paths pointed at ``tmp`` when given)."""
+    GlobalHydra.instance().clear()
+    extra = [f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}"] if tmp else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*overrides, *extra], return_hydra_config=hydra)
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def test_default_config_has_the_groups_as_top_level_keys():
+    cfg = compose_cfg()
+    assert set(cfg.keys()) == set(TOP_LEVEL_KEYS)
+    assert list(cfg.stages) == list(specs.STAGES)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_has_options(group):
+    assert options(group), f"conf/{group}/ holds no option"
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS if g not in ("logger", "launcher") for o in options(g)]
+)
+def test_every_spec_option_composes_and_instantiates(group, option):
+    spec = build_spec(compose_cfg(f"{group}={option}"), group)
+    expected = {"model": specs.ModelSpec, "calib": specs.CalibSpec, "pruner": specs.PrunerSpec,
+                "schedule": specs.ScheduleSpec, "finetune": specs.FinetuneSpec, "eval": specs.EvalSpec}[group]
+    assert isinstance(spec, expected)
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_every_logger_instantiates_without_starting(option):
+    logger = instantiate(compose_cfg(f"logger={option}").logger)
+    assert isinstance(logger, Logger)
+
+
+@pytest.mark.parametrize("option", options("launcher"))
+def test_every_launcher_names_an_importable_hydra_launcher(option):
+    cfg = compose_cfg(f"launcher={option}", hydra=True)
+    launcher = get_class(cfg.hydra.launcher._target_)
+    assert launcher.__name__.lower().startswith(option.split("_")[0][:5]) or option == "slurm"
+    if option == "slurm":
+        assert launcher.__name__ == "SlurmLauncher"
+
+
+def test_eval_both_is_ppl_plus_zeroshot():
+    spec = build_spec(compose_cfg("eval=both"), "eval")
+    assert spec.perplexity is not None and spec.zeroshot is not None
+    assert build_spec(compose_cfg("eval=ppl"), "eval").zeroshot is None
+    assert build_spec(compose_cfg("eval=zeroshot"), "eval").perplexity is None
+
+
+@pytest.mark.parametrize("group", FILE_GROUPS)
+def test_every_experiment_debug_and_sweep_file_builds_a_job(group, tmp_path):
+    for option in options(group):
+        cfg = compose_cfg(f"{group}={option}", tmp=tmp_path)
+        job = build_job(cfg, run_dir=tmp_path / "run")
+        assert job.run_dir == tmp_path / "run" and job.cache_dir == tmp_path / "cache"
+
+
+def test_debug_default_is_tiny_and_runs_all_stages(tmp_path):
+    job = build_job(compose_cfg("debug=default", tmp=tmp_path), run_dir=tmp_path)
+    assert job.model.name == "tiny" and job.calib.num_samples <= 16
+    assert job.stages == specs.STAGES and len(job.finetune.stages) == 1
+    assert job.evaluation.zeroshot.limit <= 8
+
+
+def test_quickstart_is_smollm2_slimgpt_20_log_increase(tmp_path):
+    job = build_job(compose_cfg("experiment=quickstart", tmp=tmp_path), run_dir=tmp_path)
+    assert (job.model.name, job.pruner.method, job.pruner.ratio, job.schedule.name) == (
+        "smollm2-135m", "slimgpt", 0.2, "log_increase")
+    assert job.calib.source == "wiki" and job.baseline and job.stages == ("prune", "eval")
+
+
+@pytest.mark.parametrize("option", options("sweep"))
+def test_sweep_files_are_multiruns_over_valid_values_mirrored_by_wandb_sweeps(option, tmp_path):
+    params = compose_cfg(f"sweep={option}", hydra=True).hydra.sweeper.params
+    base = compose_cfg(f"sweep={option}", tmp=tmp_path)
+    assert base.sweep_name == option and params
+    for key, values in params.items():  # every swept value is a group option or builds a valid job
+        for value in str(values).split(","):
+            if key in GROUPS:
+                assert value in options(key)
+                continue
+            cfg = base.copy()
+            OmegaConf.update(cfg, key, yaml.safe_load(value))
+            build_job(cfg, run_dir=tmp_path)
+    agent = yaml.safe_load((CONF.parent / "sweeps" / f"{option}.yaml").read_text())
+    assert set(agent["parameters"]) == set(params)
+    for key, values in params.items():
+        assert [str(v) for v in agent["parameters"][key]["values"]] == str(values).split(",")
+
+
+def test_sweep_files_switch_to_multirun_mode():
+    assert compose_cfg("sweep=ratio_series", hydra=True).hydra.mode.name == "MULTIRUN"
+
+
+def test_unknown_group_option_lists_the_valid_ones():
+    with pytest.raises(ConfigCompositionException, match="Available options") as error:
+        compose_cfg("pruner=slimgtp")
+    assert "slimgpt" in str(error.value.__cause__ or error.value)
+
+
+def test_typo_in_a_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="ratoi"):
+        compose_cfg("pruner.ratoi=0.3")
+
+
+def test_unknown_key_inside_a_group_names_the_allowed_keys(tmp_path):
+    cfg = compose_cfg("+calib.num_sample=3", tmp=tmp_path)
+    with pytest.raises(ValueError, match=r"invalid 'calib' config.*num_sample.*allowed keys.*num_samples"):
+        build_job(cfg, run_dir=tmp_path)
+
+
+def test_unknown_top_level_key_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown top-level config keys \['ratio'\]"):
+        build_job(compose_cfg("+ratio=0.3", tmp=tmp_path), run_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("pruner.ratio=1.5", r"pruner.ratio=1.5 must lie in \[0, 1\)"),
+        ("stages=[prune,evaluate]", r"unknown stage 'evaluate'"),
+        ("schedule.name=cosine", r"schedule.name='cosine' is not one of"),
+        ("model.dtype=float8", r"model.dtype='float8' is not one of"),
+        ("calib.num_samples=0", r"calib.num_samples must be a positive number, got 0"),
+        ("eval.perplexity.seq_len=-1", r"eval.perplexity.seq_len must be a positive number"),
+    ],
+)
+def test_bad_values_fail_at_start_with_the_value_and_what_is_allowed(override, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        build_job(compose_cfg(override, tmp=tmp_path), run_dir=tmp_path)
+
+
+def test_list_entries_of_the_finetune_chain_can_be_overridden(tmp_path):
+    job = build_job(compose_cfg("finetune=lora", "finetune.stages.0.train_examples=7", tmp=tmp_path),
+                    run_dir=tmp_path)
+    assert job.finetune.stages[0].train_examples == 7
