@@ -181,3 +181,11 @@ def test_layer_range_prunes_only_inside_and_hits_the_ratio():
     assert report.achieved_ratio == pytest.approx(0.2, abs=0.01)
     with pytest.raises(ValueError, match="layer_range"):
         slimgpt.prune(_slim(num_layers=4), CALIB, 0.2, layer_range=(3, 9))
+
+
+def test_track_error_is_zero_before_the_first_pruned_layer_and_grows_after():
+    model = _slim(num_layers=4)
+    report = slimgpt.prune(model, CALIB, 0.1, schedule="uniform", layer_range=(1, 2), track_error=True,
+                           batch_size=6, progress=False)
+    errors = [r.output_error for r in report.layers]
+    assert errors[0] == 0.0 and all(e > 0 for e in errors[1:])

@@ -35,7 +35,7 @@ from .structures import (
     removed_heads_of,
 )
 
-ENGINE_OPTIONS = ("first_ratio", "layer_range", "head_granularity", "batch_size", "device", "progress")
+ENGINE_OPTIONS = ("first_ratio", "layer_range", "head_granularity", "batch_size", "device", "progress", "track_error")
 
 
 class _StopForward(Exception):
@@ -61,7 +61,9 @@ def prune(
         options: engine options ``first_ratio`` (schedule's least-pruned layer ratio), ``layer_range``
             (``(start, end)``: only layers ``start <= i < end`` are pruned, as LLM-Pruner's default), ``head_granularity``
             ("kv_group" | "query_head"), ``batch_size`` (calibration sequences per forward), ``device``
-            (compute device; default CUDA if available), ``progress``; every other option goes to the method.
+            (compute device; default CUDA if available), ``progress``, ``track_error`` (also run the dense
+            model alongside and report each layer's relative output error ``‖y - y_dense‖² / ‖y_dense‖²``:
+            one more layer forward per layer, one more input buffer); every other option goes to the method.
     Returns:
         a :class:`PruneReport`. All arguments are checked before any weight changes.
     """
@@ -82,6 +84,7 @@ def run(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     progress: bool = True,
+    track_error: bool = False,
 ) -> PruneReport:
     """:func:`prune` with a method object (see there)."""
     check_inputs(model, calibration, ratio, head_granularity, batch_size)
@@ -100,8 +103,9 @@ def run(
         pruner.prepare(model, calibration)
         inps, batch_kwargs = capture_inputs(model, calibration, batch_size, device)
         capture_seconds = time.perf_counter() - start
+        dense_inps = inps.clone() if track_error else None
         reports = [
-            prune_layer(layer, i, ratios[i], inps, batch_kwargs, pruner, head_granularity, device)
+            prune_layer(layer, i, ratios[i], inps, batch_kwargs, pruner, head_granularity, device, dense_inps)
             for i, layer in enumerate(tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not progress))
         ]
     sync_config(model)
@@ -295,15 +299,20 @@ def prune_layer(
     pruner: Method,
     granularity: str,
     device: torch.device,
+    dense_inps: torch.Tensor | None = None,
 ) -> LayerReport:
     """Prunes one decoder layer to remove ``ratio`` of its prunable parameters, then advances ``inps``.
 
     Heads are rounded to whole units (``round(ratio · units)``); the FFN then takes whatever part of the
     layer's parameter budget the heads did not, so the layer ratio is met to within one channel.
+    ``dense_inps`` (optional): the dense model's inputs to this layer, advanced through the layer before it
+    is pruned, to measure the output error against the dense model.
     """
     start = time.perf_counter()
     home = _device_of(layer)
     layer.to(device)
+    if dense_inps is not None:
+        forward_layer(layer, dense_inps, batch_kwargs)
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     kv_map = attn.kv_map
@@ -323,11 +332,17 @@ def prune_layer(
         raise FloatingPointError(f"non-finite (NaN/inf) outputs of pruned layer {index}")
     layer.to(home)
     attn = layer.self_attn
+    error = None if dense_inps is None else relative_error(inps, dense_inps)
     return LayerReport(
         layer=index, target_ratio=ratio, heads=(widths[0], attn.num_heads), kv_heads=(widths[1], attn.num_kv_heads),
         ffn=(widths[2], layer.mlp.intermediate_size), params=(params, layer_prunable_params(layer)),
-        attention=attn_info, mlp=mlp_info, seconds=time.perf_counter() - start,
+        attention=attn_info, mlp=mlp_info, seconds=time.perf_counter() - start, output_error=error,
     )
+
+
+def relative_error(y: torch.Tensor, y_ref: torch.Tensor) -> float:
+    """``‖y - y_ref‖² / ‖y_ref‖²`` over all elements (fp32)."""
+    return float((y.float() - y_ref.float()).pow(2).sum() / y_ref.float().pow(2).sum())
 
 
 def sync_config(model: SlimGPTForCausalLM) -> None:

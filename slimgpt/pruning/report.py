@@ -16,6 +16,8 @@ class LayerReport:
     attention: dict = field(default_factory=dict)
     mlp: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: relative output error vs the dense model, ``‖y - y_dense‖² / ‖y_dense‖²`` (with ``track_error``)
+    output_error: float | None = None
 
     @property
     def achieved_ratio(self) -> float:
