@@ -1,0 +1,173 @@
+"""The runner's building blocks: atomic results, the artifact cache, loggers, failure handling, the report."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from slimgpt.runner import report
+from slimgpt.runner.cache import ArtifactCache, signature
+from slimgpt.runner.logging import DiskLogger, NoneLogger, WandbLogger, logged_run
+from slimgpt.runner.pipeline import Job, run_job
+from slimgpt.runner.results import read_json, write_json_atomic
+from slimgpt.runner.specs import (CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, PerplexitySpec, PrunerSpec,
+                                  ScheduleSpec)
+
+
+class RecordingLogger(NoneLogger):
+    """Keeps every call, to check what the runner logs and that it always closes."""
+
+    def __init__(self):
+        self.events = []
+
+    def start(self, **kwargs):
+        self.events.append(("start", kwargs["name"]))
+
+    def log(self, metrics):
+        self.events.append(("log", metrics))
+
+    def log_table(self, key, columns, rows):
+        self.events.append(("table", key))
+
+    def summary(self, values):
+        self.events.append(("summary", values))
+
+    def close(self, status):
+        self.events.append(("close", status))
+
+
+def tiny_job(tmp_path: Path, **changes) -> Job:
+    """A job on the tiny model; ``changes`` replace Job fields."""
+    values = dict(
+        model=ModelSpec(name="tiny", tiny={"num_layers": 2, "seed": 0}),
+        calib=CalibSpec(source="wiki", num_samples=4, seq_len=32),
+        pruner=PrunerSpec(method="slimgpt", ratio=0.2), schedule=ScheduleSpec(name="log_increase"),
+        finetune=FinetuneSpec(), evaluation=EvalSpec(perplexity=PerplexitySpec(seq_len=32, max_tokens=256)),
+        run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", name="tiny",
+    )
+    values.update(changes)
+    return Job(**values)
+
+
+def test_write_json_atomic_leaves_no_temporary_and_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "results.json"
+    write_json_atomic(target, {"a": 1, "path": tmp_path, "inf": float("inf"), "t": (1, 2)})
+    assert read_json(target) == {"a": 1, "path": str(tmp_path), "inf": "inf", "t": [1, 2]}
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"bad": object()})
+    assert read_json(target)["a"] == 1
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_signature_ignores_dict_order_and_sees_every_value():
+    assert signature({"a": 1, "b": {"x": 1, "y": 2}}) == signature({"b": {"y": 2, "x": 1}, "a": 1})
+    assert signature({"a": 1}) != signature({"a": 2})
+    assert len(signature({})) == 16
+
+
+def test_cache_publishes_a_directory_only_when_complete(tmp_path):
+    cache = ArtifactCache(tmp_path)
+
+    def broken(folder):
+        (folder / "weights").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.store_dir("pruned", "k1", broken, meta={})
+    assert cache.find_dir("pruned", "k1") is None
+    assert list((tmp_path / "pruned").iterdir()) == []  # no temporary left behind
+    path = cache.store_dir("pruned", "k1", lambda folder: (folder / "weights").write_text("ok"), meta={"n": 1})
+    assert cache.find_dir("pruned", "k1") == path and (path / "weights").read_text() == "ok"
+    assert cache.dir_meta("pruned", "k1") == {"n": 1}
+    again = cache.store_dir("pruned", "k1", lambda folder: (folder / "weights").write_text("new"), meta={})
+    assert again == path and (path / "weights").read_text() == "ok"  # a finished artifact is never replaced
+
+
+@pytest.mark.parametrize("error,status", [(RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")])
+def test_logged_run_always_closes(error, status, tmp_path):
+    logger = RecordingLogger()
+    with pytest.raises(error), logged_run(logger, run_dir=tmp_path, name="n", group=None, config={}):
+        raise error
+    assert logger.events == [("start", "n"), ("close", status)]
+
+
+def test_disk_logger_writes_json_lines(tmp_path):
+    logger = DiskLogger()
+    with logged_run(logger, run_dir=tmp_path, name="n", group="g", config={"x": 1}):
+        logger.log({"prune/layer": 0, "prune/ratio": 0.5})
+        logger.log_table("t", ["a"], [[1]])
+        logger.summary({"ppl": 3.0})
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "log", "table", "summary", "close"]
+    assert events[1]["prune/ratio"] == 0.5 and events[-1]["status"] == "done"
+
+
+def test_wandb_logger_offline_writes_a_run_and_closes_on_failure(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = WandbLogger(project="test")
+    assert logger.resolved_mode() == "offline"
+    with pytest.raises(RuntimeError), logged_run(logger, run_dir=tmp_path, name="n", group="g", config={"a": 1}):
+        logger.log({"prune/layer": 0, "prune/heads_after": 2})
+        logger.log({"lora0/step": 1, "lora0/train/loss": 2.5})
+        logger.log_table("eval/results", ["model", "ppl"], [["dense", 3.0]])
+        logger.summary({"final/ppl": 3.0})
+        raise RuntimeError("boom")
+    assert logger.run is None
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_wandb_mode_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert WandbLogger().resolved_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert WandbLogger().resolved_mode() == "offline"
+    assert WandbLogger(mode="disabled").resolved_mode() == "disabled"
+    with pytest.raises(ValueError, match="logger.mode='cloud'"):
+        WandbLogger(mode="cloud")
+
+
+def test_a_failing_job_keeps_its_results_and_closes_the_logger(tmp_path):
+    logger = RecordingLogger()
+    job = tiny_job(tmp_path, model=ModelSpec(name="tiny", tiny={"family": "gpt2"}), stages=("eval",))
+    with pytest.raises(ValueError, match="unknown tiny model family 'gpt2'"):
+        run_job(job, logger)
+    record = read_json(tmp_path / "run" / "results.json")
+    assert record["status"] == "failed" and "gpt2" in record["error"]
+    assert record["versions"]["torch"] and record["specs"]["model"]["name"] == "tiny"
+    assert logger.events[-1] == ("close", "failed")
+    rows = report.record_rows(record)
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+
+
+def _record(name, ratio, ppl, tmp_path, dense_ppl=30.0):
+    """A results.json as run_job writes it (for the report tests)."""
+    specs = {"model": {"name": "tiny"}, "calib": {"source": "wiki", "num_samples": 4, "seq_len": 32},
+             "pruner": {"ratio": ratio}, "schedule": {"name": "uniform"}, "finetune": {"stages": []}}
+    evaluations = [{"role": "dense", "model": "dense", "key": "d", "metrics": {"ppl/wiki": dense_ppl, "params": 10}},
+                   {"role": "final", "model": "slimgpt", "key": name, "metrics": {"ppl/wiki": ppl, "params": 8}}]
+    record = {"name": name, "status": "done", "stages": ["prune", "eval"], "specs": specs,
+              "overrides": [f"pruner.ratio={ratio}"], "evaluations": evaluations}
+    write_json_atomic(tmp_path / name / "results.json", record)
+
+
+def test_report_collects_a_sweep_with_one_dense_row(tmp_path, capsys):
+    for i, ratio in enumerate([0.1, 0.2, 0.3]):
+        _record(str(i), ratio, 40.0 + i, tmp_path)
+    rows = report.collect([tmp_path])
+    assert [r["method"] for r in rows] == ["dense", "slimgpt", "slimgpt", "slimgpt"]
+    assert [r.get("ratio") for r in rows] == [None, 0.1, 0.2, 0.3]
+    assert report.main([str(tmp_path)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| run | status | model | method | ratio |") and len(table) == 2 + 4
+    report.main([str(tmp_path), "--format", "csv", "--out", str(tmp_path / "t.csv")])
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert lines[0].split(",")[:3] == ["run", "status", "model"] and len(lines) == 5
+
+
+def test_report_rejects_a_missing_path(tmp_path):
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "nope")])
