@@ -16,9 +16,10 @@ from .cache import ENV_CACHE, cache_dir
 from .catalog import CATALOG, AssetSpec, UnknownAssetError, prepare, prepared, verify
 from .models import model_dir
 from .registry import ENV_WHEELHOUSE, RegistryError, Wheel
+from .tasks import TASKS, zeroshot_data
 from .text import text_corpus
 
 __all__ = [
-    "CATALOG", "ENV_CACHE", "ENV_WHEELHOUSE", "AssetSpec", "RegistryError", "UnknownAssetError", "Wheel",
-    "cache_dir", "model_dir", "prepare", "prepared", "text_corpus", "verify",
+    "CATALOG", "ENV_CACHE", "TASKS", "ENV_WHEELHOUSE", "AssetSpec", "RegistryError", "UnknownAssetError", "Wheel",
+    "cache_dir", "model_dir", "prepare", "prepared", "text_corpus", "verify", "zeroshot_data",
 ]
