@@ -14,6 +14,7 @@ Every function preparing an asset takes an optional ``cache`` directory argument
 
 from .cache import ENV_CACHE, cache_dir
 from .catalog import CATALOG, AssetSpec, UnknownAssetError, prepare, prepared, verify
+from .instructions import instruction_data
 from .models import model_dir
 from .registry import ENV_WHEELHOUSE, RegistryError, Wheel
 from .tasks import TASKS, zeroshot_data
@@ -21,5 +22,5 @@ from .text import text_corpus
 
 __all__ = [
     "CATALOG", "ENV_CACHE", "TASKS", "ENV_WHEELHOUSE", "AssetSpec", "RegistryError", "UnknownAssetError", "Wheel",
-    "cache_dir", "model_dir", "prepare", "prepared", "text_corpus", "verify", "zeroshot_data",
+    "cache_dir", "instruction_data", "model_dir", "prepare", "prepared", "text_corpus", "verify", "zeroshot_data",
 ]
