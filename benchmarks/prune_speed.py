@@ -1,0 +1,106 @@
+"""Pruning cost and pruned-model efficiency (issue: engine performance; paper Tables 3/4).
+
+Measures, on this machine, for each ratio:
+  * prune wall time, and its ratio to ONE dense forward pass of the whole model over the same calibration
+    tokens (same batch size) — the paper's loop costs ≈3 layer forwards per layer plus the greedy steps;
+  * peak memory (CUDA max allocated on a GPU, else the process's peak RSS — includes the loaded model);
+  * parameters and weight memory of the pruned model vs dense;
+  * greedy generation latency (batch 1, ``--prompt`` tokens in, ``--new`` tokens out, median of 3) vs dense.
+
+    python benchmarks/prune_speed.py --model smollm2-135m --ratios 0.2 0.5 --samples 64 --seq-len 256
+
+Writes a markdown table to ``benchmarks/results/prune_speed_<model>.md`` (atomically) and prints it.
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import slimgpt
+
+
+def dense_forward_seconds(model, calibration: torch.Tensor, batch_size: int) -> float:
+    """Wall time of one full forward pass (logits included) over ``calibration: [n, L]``."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        for b in range(0, calibration.shape[0], batch_size):
+            model(calibration[b:b + batch_size], use_cache=False)
+    return time.perf_counter() - start
+
+
+def generation_seconds(model, prompt: torch.Tensor, new_tokens: int, repeats: int = 3) -> float:
+    """Median wall time of greedy generation of ``new_tokens`` after ``prompt: [1, P]``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def measure(model_name: str, ratio: float, calibration: torch.Tensor, args) -> dict:
+    """Loads a fresh model, times a dense forward and generation, prunes, times generation again."""
+    model, _ = slimgpt.load_model(model_name)
+    prompt = calibration[:1, : args.prompt]
+    row = {"ratio": ratio, "params_dense": sum(p.numel() for p in model.parameters()),
+           "mem_dense": weight_bytes(model)}
+    row["forward_s"] = dense_forward_seconds(model, calibration, args.batch_size)
+    row["gen_dense_s"] = generation_seconds(model, prompt, args.new)
+    report = slimgpt.prune(model, calibration, ratio, schedule=args.schedule, batch_size=args.batch_size)
+    row.update(prune_s=report.seconds, peak_mb=report.peak_memory_bytes / 2**20, peak_kind=report.peak_memory_kind,
+               params=report.params_after, mem=weight_bytes(model), achieved=report.achieved_ratio,
+               gen_s=generation_seconds(model, prompt, args.new))
+    return row
+
+
+def table(rows: list[dict], args) -> str:
+    head = (f"Model `{args.model}`, calibration {args.samples}×{args.seq_len} wiki tokens, batch {args.batch_size}, "
+            f"schedule {args.schedule}, device {'cuda' if torch.cuda.is_available() else 'cpu'} "
+            f"({os.cpu_count()} CPU cores); generation {args.prompt}→+{args.new} tokens, batch 1.\n\n")
+    lines = ["| ratio | achieved | params (M) | weights vs dense | prune (s) | dense fwd (s) | prune / fwd | "
+             "peak mem (MiB) | gen latency vs dense |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['ratio']:.0%} | {r['achieved']:.3f} | {r['params'] / 1e6:.1f} of {r['params_dense'] / 1e6:.1f} | "
+            f"{r['mem'] / r['mem_dense']:.0%} | {r['prune_s']:.1f} | {r['forward_s']:.1f} | "
+            f"{r['prune_s'] / r['forward_s']:.2f} | {r['peak_mb']:.0f} ({r['peak_kind']}) | "
+            f"{r['gen_s'] / r['gen_dense_s']:.0%} ({r['gen_s']:.2f}s vs {r['gen_dense_s']:.2f}s) |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--schedule", default="log_increase")
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    _, tokenizer = slimgpt.load_model(args.model)
+    calibration = slimgpt.calibration_data("wiki", tokenizer, args.samples, args.seq_len, seed=0)
+    rows = [measure(args.model, ratio, calibration, args) for ratio in args.ratios]
+    text = table(rows, args)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, args.out / f"prune_speed_{Path(args.model).name}.md")
+
+
+if __name__ == "__main__":
+    main()
