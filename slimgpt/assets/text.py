@@ -29,9 +29,9 @@ HUB_CORPORA: dict[str, tuple[dict, str, dict[str, str]]] = {
     "c4": (dict(path="allenai/c4", data_files={
         "train": "en/c4-train.00000-of-01024.json.gz", "validation": "en/c4-validation.00000-of-00008.json.gz"}),
         "text", {"train": "train", "validation": "validation", "test": "validation"}),
-    "wikitext2": (dict(path="wikitext", name="wikitext-2-raw-v1"), "text",
+    "wikitext2": (dict(path="Salesforce/wikitext", name="wikitext-2-raw-v1"), "text",
                   {"train": "train", "validation": "validation", "test": "test"}),
-    "ptb": (dict(path="ptb_text_only", name="penn_treebank"), "sentence",
+    "ptb": (dict(path="ptb-text-only/ptb_text_only", name="penn_treebank", revision="refs/convert/parquet"), "sentence",
             {"train": "train", "validation": "validation", "test": "test"}),
 }
 
