@@ -1,0 +1,38 @@
+"""Random: removes uniformly random units (the floor every scored method must beat).
+
+Reproducible: the units of a block are ranked by ``torch.rand`` from a generator seeded with
+``(seed, layer, block kind)``, so one seed gives one pruned model whatever the schedule or device.
+"""
+
+import torch
+
+from ..stats import InputStats
+from ..structures import Block
+from .base import register
+from .scoring import ScoredMethod
+
+
+@register
+class Random(ScoredMethod):
+    """Seeded random units.
+
+    Args:
+        seed: the seed (an int).
+    """
+
+    name = "random"
+    needs_inputs = False
+
+    def __init__(self, seed: int = 0):
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = seed
+
+    def scores(self, block: Block, stats: InputStats | None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(block_seed(self.seed, block))
+        return torch.rand(block.num_units, generator=generator)
+
+
+def block_seed(seed: int, block: Block) -> int:
+    """A distinct, deterministic seed per (seed, layer, kind)."""
+    return (seed * 1_000_003 + 2 * (block.layer + 1) + (block.kind == "mlp")) % (2**63)
