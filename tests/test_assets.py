@@ -118,7 +118,7 @@ def test_unknown_names_list_the_known_ones():
         catalog.spec("nope")
     with pytest.raises(UnknownAssetError, match="known: qwen2.5-0.5b, smollm2-135m$"):
         catalog.spec("wiki", kind="model")
-    with pytest.raises(UnknownAssetError, match="unknown text corpus 'nope'; known: wiki, c4, wikitext2, ptb"):
+    with pytest.raises(UnknownAssetError, match="unknown text corpus 'nope'; known: wiki, c4, wikitext2, ptb, sharegpt, alpaca-cleaned"):
         text.text_corpus("nope", "train")
     with pytest.raises(ValueError, match="unknown split 'validation' of corpus 'wiki'; allowed: train, test"):
         text.text_corpus("wiki", "validation")
@@ -174,3 +174,12 @@ def test_cli_prepare_list_verify(env, monkeypatch, capsys):
     assert cli.main(["verify", "demo"]) == 1 and "sha256 mismatch" in capsys.readouterr().out
     assert cli.main(["prepare", "nope"]) == 2
     assert "unknown asset 'nope'; known:" in capsys.readouterr().err
+
+
+def test_instruction_sets_as_text_corpora(monkeypatch):
+    from slimgpt.assets import instructions
+
+    records = [{"instruction": "Say hi.", "input": "", "output": "Hi!"},
+               {"instruction": "Add.", "input": " 2 and 3 ", "output": "5"}]
+    monkeypatch.setattr(instructions, "instruction_data", lambda name, split, cache=None: records)
+    assert text.text_corpus("sharegpt", "train") == ["Say hi.\n\nHi!", "Add.\n\n2 and 3\n\n5"]

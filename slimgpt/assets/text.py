@@ -7,7 +7,8 @@ by 10 (about 10 %, independent of file order and Python's hash seed), else in ``
 train / 1,000 test articles (the counts are recorded in the manifest at build time).
 
 ``c4``, ``wikitext2``, ``ptb`` (online, via ``datasets``): the paper's protocol, C4 shard 0 for
-calibration and WikiText-2 test for perplexity.
+calibration and WikiText-2 test for perplexity. ``sharegpt`` / ``alpaca-cleaned``: the instruction sets of
+``slimgpt.assets.instructions`` as plain documents (instruction-style calibration, paper Table 14).
 """
 
 from __future__ import annotations
@@ -88,10 +89,19 @@ register(AssetSpec(
 ))
 
 OFFLINE_SPLITS = ("train", "test")
+#: instruction sets usable as plain text (instruction-style calibration, paper Table 14)
+INSTRUCTION_CORPORA = ("sharegpt", "alpaca-cleaned")
+
+
+def instruction_text(record: dict) -> str:
+    """An Alpaca record as one document: instruction, input (if any) and output, separated by blank lines."""
+    parts = (record["instruction"], record.get("input", ""), record["output"])
+    return "\n\n".join(part.strip() for part in parts if part.strip())
 
 
 def text_corpus(name: str, split: str, cache: str | os.PathLike | None = None) -> list[str]:
-    """The documents of corpus ``name`` (``wiki`` offline; ``c4``/``wikitext2``/``ptb`` online) in ``split``."""
+    """The documents of corpus ``name`` (``wiki``, ``sharegpt`` offline; ``c4``, ``wikitext2``, ``ptb``,
+    ``alpaca-cleaned`` online) in ``split``."""
     if name == "wiki":
         if split not in OFFLINE_SPLITS:
             raise ValueError(f"unknown split '{split}' of corpus 'wiki'; allowed: {', '.join(OFFLINE_SPLITS)}")
@@ -99,7 +109,11 @@ def text_corpus(name: str, split: str, cache: str | os.PathLike | None = None) -
         return list(_cached_texts(str(path), path.stat().st_mtime_ns))
     if name in HUB_CORPORA:
         return _hub_corpus(name, split)
-    known = ", ".join(["wiki", *HUB_CORPORA])
+    if name in INSTRUCTION_CORPORA:
+        from .instructions import instruction_data
+
+        return [instruction_text(record) for record in instruction_data(name, split, cache)]
+    known = ", ".join(["wiki", *HUB_CORPORA, *INSTRUCTION_CORPORA])
     raise UnknownAssetError(f"unknown text corpus '{name}'; known: {known}")
 
 
