@@ -4,17 +4,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from slimgpt.runner import specs
-from slimgpt.runner.cli import TOP_LEVEL_KEYS, build_job, build_spec
+from slimgpt.runner.cli import CONF_DIR, TOP_LEVEL_KEYS, build_job, build_spec, compose_config
 from slimgpt.runner.logging import Logger
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "logger", "launcher")
 FILE_GROUPS = ("experiment", "debug", "sweep")
 
@@ -25,16 +23,8 @@ def options(group: str) -> list[str]:
 
 def compose_cfg(*overrides: str, hydra: bool = False, tmp: Path | None = None):
     """Composes conf/config.yaml with ``overrides`` (paths pointed at ``tmp`` when given)."""
-    GlobalHydra.instance().clear()
     extra = [f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}"] if tmp else []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*overrides, *extra], return_hydra_config=hydra)
-
-
-@pytest.fixture(autouse=True)
-def _clear_hydra():
-    yield
-    GlobalHydra.instance().clear()
+    return compose_config([*overrides, *extra], hydra=hydra)
 
 
 def test_default_config_has_the_groups_as_top_level_keys():
@@ -167,3 +157,8 @@ def test_list_entries_of_the_finetune_chain_can_be_overridden(tmp_path):
     job = build_job(compose_cfg("finetune=lora", "finetune.stages.0.train_examples=7", tmp=tmp_path),
                     run_dir=tmp_path)
     assert job.finetune.stages[0].train_examples == 7
+
+
+def test_debug_sizes_apply_to_the_selected_evaluations_only(tmp_path):
+    job = build_job(compose_cfg("debug=default", "eval=ppl", tmp=tmp_path), run_dir=tmp_path)
+    assert job.evaluation.zeroshot is None and job.evaluation.perplexity.max_tokens == 2048

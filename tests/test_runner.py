@@ -95,12 +95,12 @@ def test_logged_run_always_closes(error, status, tmp_path):
 def test_disk_logger_writes_json_lines(tmp_path):
     logger = DiskLogger()
     with logged_run(logger, run_dir=tmp_path, name="n", group="g", config={"x": 1}):
-        logger.log({"prune/layer": 0, "prune/ratio": 0.5})
+        logger.log({"prune_layer/layer": 0, "prune_layer/ratio": 0.5})
         logger.log_table("t", ["a"], [[1]])
         logger.summary({"ppl": 3.0})
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "log", "table", "summary", "close"]
-    assert events[1]["prune/ratio"] == 0.5 and events[-1]["status"] == "done"
+    assert events[1]["prune_layer/ratio"] == 0.5 and events[-1]["status"] == "done"
 
 
 def test_wandb_logger_offline_writes_a_run_and_closes_on_failure(tmp_path, monkeypatch):
@@ -109,7 +109,7 @@ def test_wandb_logger_offline_writes_a_run_and_closes_on_failure(tmp_path, monke
     logger = WandbLogger(project="test")
     assert logger.resolved_mode() == "offline"
     with pytest.raises(RuntimeError), logged_run(logger, run_dir=tmp_path, name="n", group="g", config={"a": 1}):
-        logger.log({"prune/layer": 0, "prune/heads_after": 2})
+        logger.log({"prune_layer/layer": 0, "prune_layer/heads_after": 2})
         logger.log({"lora0/step": 1, "lora0/train/loss": 2.5})
         logger.log_table("eval/results", ["model", "ppl"], [["dense", 3.0]])
         logger.summary({"final/ppl": 3.0})

@@ -10,12 +10,14 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .pipeline import Job, run_job
 from .report import record_rows, to_markdown
 from .specs import parse_stages
 
+#: The config directory (a checkout's conf/; the runner is used from a clone, see README).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Top-level keys of the composed config (groups first); anything else is a typo.
 TOP_LEVEL_KEYS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "logger",
                   "stages", "baseline", "name", "sweep_name", "paths")
@@ -24,7 +26,7 @@ SPEC_GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval")
 
 def build_spec(cfg: DictConfig, group: str):
     """Instantiates ``cfg[group]`` (a ``_target_`` node); a bad key or value names the group and allowed keys."""
-    node = cfg[group]
+    node = _selected_only(cfg[group]) if group == "eval" else cfg[group]
     try:
         return instantiate(node, _convert_="all")
     except Exception as error:  # hydra wraps the constructor's error; unwrap it for the message
@@ -32,6 +34,18 @@ def build_spec(cfg: DictConfig, group: str):
         allowed = _allowed_keys(node)
         hint = f"; allowed keys: {allowed}" if allowed else ""
         raise ValueError(f"invalid '{group}' config: {cause}{hint}") from error
+
+
+def _selected_only(node: DictConfig) -> DictConfig:
+    """Drops sub-evaluations that carry only size deltas (from debug/experiment files) but were not selected
+    by the ``eval`` option: ``debug=default eval=ppl`` shrinks perplexity and runs no zero-shot."""
+    node = node.copy()
+    for key in ("perplexity", "zeroshot"):
+        sub = node.get(key)
+        if isinstance(sub, DictConfig) and "_target_" not in sub:
+            with open_dict(node):
+                node[key] = None
+    return node
 
 
 def _allowed_keys(node: DictConfig) -> list[str]:
@@ -80,6 +94,22 @@ def job_from_hydra(cfg: DictConfig) -> Job:
     return build_job(cfg, run_dir=Path(hydra_cfg.runtime.output_dir),
                      group=str(cfg.sweep_name) if multirun else None,
                      overrides=tuple(hydra_cfg.overrides.task), choices=choices)
+
+
+def compose_config(overrides: list[str] = (), *, hydra: bool = False) -> DictConfig:
+    """The config ``slimgpt OVERRIDES`` would run, composed in-process (tests, notebooks).
+
+    With ``hydra=True`` the ``hydra`` node (launcher, sweeper, mode) is included.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def objective(record: dict) -> float | None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 #: A logged key ``<prefix>/<axis>`` with one of these names is the x-axis of the other ``<prefix>/*`` keys
-#: (``prune/layer`` for per-layer metrics, ``lora0/step`` for a loss curve).
+#: (``prune_layer/layer`` for per-layer pruning metrics, ``lora0/step`` for a loss curve).
 AXIS_NAMES = ("layer", "step")
 
 

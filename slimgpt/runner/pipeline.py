@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .cache import ArtifactCache
 from .logging import Logger, logged_run
-from .results import peak_memory_mb, versions, write_json_atomic
+from .results import peak_memory_mb, read_json, versions, write_json_atomic
 from .specs import STAGES, CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
 from .stages import ModelArtifact, dense_artifact, eval_stage, finetune_stage, prune_stage
 
@@ -87,7 +87,7 @@ def run_job(job: Job, logger: Logger) -> dict:
         record.finish("failed", error)
         raise
     record.finish("done")
-    return record.data
+    return read_json(record.path)
 
 
 def _run_stages(job: Job, logger: Logger, record: _Record) -> None:
@@ -118,7 +118,7 @@ def _changes_weights(job: Job) -> bool:
 
 def _evaluate(artifact: ModelArtifact, role: str, job: Job, cache: ArtifactCache, logger: Logger,
               record: _Record) -> dict:
-    metrics = eval_stage(artifact, job.model, job.evaluation, cache=cache, logger=logger)
+    metrics = eval_stage(artifact, job.model, job.evaluation, cache=cache, logger=logger, role=role)
     entry = {"role": role, "model": artifact.label, "key": artifact.key, "metrics": metrics}
     record.data["evaluations"].append(entry)
     record.data["params"][role] = metrics.get("params")

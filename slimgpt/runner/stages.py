@@ -122,10 +122,11 @@ def _prune_and_store(source, model, calib, pruner, schedule, cache, key) -> dict
 
 
 def _log_prune_report(report: dict, logger: Logger) -> None:
-    """Per-layer pruning metrics (one point per layer against ``prune/layer``) and a per-layer table."""
+    """Per-layer metrics (``prune_layer/*`` against ``prune_layer/layer``), a per-layer table, and the
+    model-level numbers as ``prune/*`` summary values."""
     layers = [layer_metrics(layer) for layer in report.get("layers", [])]
     for index, layer in enumerate(layers):
-        logger.log({"prune/layer": index, **{f"prune/{k}": v for k, v in layer.items() if k != "layer"}})
+        logger.log({"prune_layer/layer": index, **{f"prune_layer/{k}": v for k, v in layer.items() if k != "layer"}})
     if layers:
         columns = sorted({k for layer in layers for k in layer}, key=lambda k: (k != "layer", k))
         logger.log_table("prune/layers", columns, [[layer.get(k) for k in columns] for layer in layers])
@@ -208,17 +209,18 @@ def _lora_train_and_store(source, model, stage: LoraSpec, cache, key, prefix: st
 
 
 def eval_stage(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec, *, cache: ArtifactCache,
-               logger: Logger) -> dict[str, float]:
+               logger: Logger, role: str = "final") -> dict[str, float]:
     """Perplexity and/or zero-shot metrics of ``source``; flat keys like ``ppl/wiki``, ``zeroshot/avg``.
 
-    Cached by (source, evaluation): re-running a finished job does not evaluate again.
+    Logged as W&B summary values ``<role>/<key>`` (role ``final`` or ``dense``). Cached by (source,
+    evaluation): re-running a finished job does not evaluate again.
     """
     key = signature({"source": source.key, "eval": spec_dict(evaluation)})
     metrics = cache.find_json("eval", key)
     if metrics is None:
         metrics = _evaluate(source, model, evaluation)
         cache.store_json("eval", key, metrics)
-    logger.summary({f"{source.label}/{k}": v for k, v in metrics.items()})
+    logger.summary({f"{role}/{k}": v for k, v in metrics.items()})
     return metrics
 
 
