@@ -183,3 +183,10 @@ def test_instruction_sets_as_text_corpora(monkeypatch):
                {"instruction": "Add.", "input": " 2 and 3 ", "output": "5"}]
     monkeypatch.setattr(instructions, "instruction_data", lambda name, split, cache=None: records)
     assert text.text_corpus("sharegpt", "train") == ["Say hi.\n\nHi!", "Add.\n\n2 and 3\n\n5"]
+
+
+def test_entries_get_normal_permissions(env):
+    folder = cache.build_atomic("demo", _writer([]), {})
+    mask = cache._umask()
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (folder / cache.RECORD_NAME).stat().st_mode & 0o777 == 0o666 & ~mask

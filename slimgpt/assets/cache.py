@@ -74,6 +74,7 @@ def write_json_atomic(path: Path, data) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, ensure_ascii=False, sort_keys=True)
             handle.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -145,6 +146,7 @@ def build_atomic(
             return final
         _remove_leftovers(root, name)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; a shared cache must stay readable
         try:
             extra = builder(tmp)
             files = file_records(tmp)
@@ -157,6 +159,13 @@ def build_atomic(
             raise
     write_index(cache)
     return final
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_leftovers(root: Path, name: str) -> None:
