@@ -117,8 +117,14 @@ def run(
         seconds=time.perf_counter() - start, capture_seconds=capture_seconds, peak_memory_bytes=peak,
         peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
         options={"first_ratio": first_ratio, "layer_range": layer_range, "head_granularity": head_granularity,
-                 "batch_size": batch_size, **vars(pruner)},
+                 "batch_size": batch_size, **method_options(pruner)},
     )
+
+
+def method_options(pruner: Method) -> dict:
+    """The method's plain (JSON-able) settings, for the report; internal state such as gradients is left out."""
+    plain = (bool, int, float, str, type(None))
+    return {k: v for k, v in vars(pruner).items() if not k.startswith("_") and isinstance(v, plain)}
 
 
 def check_inputs(model, calibration: torch.Tensor, ratio: float, granularity: str, batch_size: int) -> None:
