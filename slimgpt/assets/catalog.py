@@ -8,7 +8,7 @@ Each asset module (``models``, ``text``, ``tasks``, ``instructions``) registers 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +31,10 @@ class AssetSpec:
     builder: Builder
     default: bool = True  # prepared by ``slimgpt-assets prepare`` without names
     info: dict = field(default_factory=dict)  # extra static facts recorded in the manifest
+
+    def unpinned(self) -> "AssetSpec":
+        """A copy accepting any wheel of the same package versions (no sha256 pins): for synthetic wheels."""
+        return replace(self, wheels=tuple(Wheel(w.package, w.version) for w in self.wheels))
 
 
 CATALOG: dict[str, AssetSpec] = {}
