@@ -162,3 +162,19 @@ def test_list_entries_of_the_finetune_chain_can_be_overridden(tmp_path):
 def test_debug_sizes_apply_to_the_selected_evaluations_only(tmp_path):
     job = build_job(compose_cfg("debug=default", "eval=ppl", tmp=tmp_path), run_dir=tmp_path)
     assert job.evaluation.zeroshot is None and job.evaluation.perplexity.max_tokens == 2048
+
+
+@pytest.mark.parametrize("option", options("pruner"))
+def test_every_pruner_option_prunes_a_tiny_model_with_its_options(option):
+    """The YAML's method and options are accepted by ``slimgpt.prune`` and reach the target ratio."""
+    import torch
+
+    import slimgpt
+    from slimgpt.testing import tiny_model
+
+    spec = build_spec(compose_cfg(f"pruner={option}"), "pruner")
+    model = slimgpt.as_slim(tiny_model(num_layers=2))
+    calibration = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))  # [4, 32]
+    report = slimgpt.prune(model, calibration, spec.ratio, schedule="uniform", method=spec.method,
+                           **{**spec.options, "progress": False})
+    assert report.method == spec.method and abs(report.achieved_ratio - spec.ratio) < 0.02

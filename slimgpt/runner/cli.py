@@ -119,7 +119,7 @@ def objective(record: dict) -> float | None:
     return ppl[0] if ppl else None
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Compose → typed job → run → print the results table."""
     job = job_from_hydra(cfg)
