@@ -78,6 +78,7 @@ def test_local_yaml_includes_the_stock_task(tmp_path):
         (dict(tasks=["piqa"], metrics={"copa": "acc"}), "unknown task"),
         (dict(tasks=["piqa"], limit=0), "limit"),
         (dict(tasks=["piqa"], source="web"), "source"),
+        (dict(tasks=["piqa"], source="hub", data_files={"piqa": "p.jsonl"}), "only read with source='local'"),
     ],
 )
 def test_bad_arguments_fail_clearly(kwargs, match):

@@ -90,7 +90,7 @@ def zeroshot(
     start = time.perf_counter()
     task_list = _check_tasks(tasks)
     metric_map = _resolve_metrics(task_list, metrics)
-    _check_call(limit, batch_size, source)
+    _check_call(limit, batch_size, source, data_files)
     check_vocab(model, tokenizer)
     with tempfile.TemporaryDirectory(prefix="slimgpt-lmeval-") as tmp:
         local = write_local_tasks(task_list, data_files or {}, Path(tmp)) if source == "local" else {}
@@ -252,11 +252,13 @@ def _resolve_metrics(tasks: list[str], metrics: dict[str, str] | None) -> dict[s
     return chosen
 
 
-def _check_call(limit: int | None, batch_size: int, source: str) -> None:
-    """Rejects a bad limit, batch size or source."""
+def _check_call(limit: int | None, batch_size: int, source: str, data_files: dict | None) -> None:
+    """Rejects a bad limit, batch size or source, and local data files given for the hub source."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be None or an int >= 1 (documents per task), got {limit!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if data_files and source != "local":
+        raise ValueError(f"data_files are only read with source='local', got source={source!r}")
