@@ -143,6 +143,23 @@ def test_a_failing_job_keeps_its_results_and_closes_the_logger(tmp_path):
     assert len(rows) == 1 and rows[0]["status"] == "failed"
 
 
+def test_ctrl_c_marks_the_job_interrupted_with_complete_results(tmp_path, monkeypatch):
+    """Ctrl-C during a stage (simulated by the stage raising KeyboardInterrupt) leaves a complete results.json."""
+    import slimgpt.runner.pipeline as pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "prune_stage", interrupted)
+    logger = RecordingLogger()
+    with pytest.raises(KeyboardInterrupt):
+        run_job(tiny_job(tmp_path, stages=("prune", "eval")), logger)
+    record = read_json(tmp_path / "run" / "results.json")
+    assert record["status"] == "interrupted" and record["finished"] and record["evaluations"] == []
+    assert logger.events[-1] == ("close", "interrupted")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json"]
+
+
 def _record(name, ratio, ppl, tmp_path, dense_ppl=30.0):
     """A results.json as run_job writes it (for the report tests)."""
     specs = {"model": {"name": "tiny"}, "calib": {"source": "wiki", "num_samples": 4, "seq_len": 32},
