@@ -74,6 +74,8 @@ def test_response_only_labels_mask_the_prompt():
     assert ex.labels == [IGNORE_INDEX] * n_prompt + ex.input_ids[n_prompt:]
     assert ex.num_targets == 3  # "h", "i", EOS
     assert instruction_example(record, tok, 512, train_on_inputs=True).labels == ex.input_ids
+    plain = instruction_example({"instruction": "", "input": "", "output": "hi"}, tok, 512)
+    assert plain.input_ids == plain.labels == tok("hi")["input_ids"] + [tok.eos_token_id]
     with_input = alpaca_prompt({"instruction": "Add.", "input": "1 2", "output": "3"})
     assert "### Input:\n1 2\n\n### Response:\n" in with_input
 

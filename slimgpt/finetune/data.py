@@ -57,8 +57,14 @@ def instruction_example(
     Prompt and response are tokenized separately and concatenated, so the prompt/response boundary is exact;
     the prompt uses the tokenizer's special tokens (e.g. LLaMA's BOS), the response none. EOS is appended
     only when it fits (LLM-Pruner's rule). Unless ``train_on_inputs``, the prompt's labels are -100.
+    A record with an empty instruction and input is plain text: ``output`` alone, every token a target.
     """
-    prompt_ids = tokenizer(alpaca_prompt(record), add_special_tokens=True)["input_ids"]
+    if not record["instruction"].strip() and not (record.get("input") or "").strip():
+        prompt = ""  # plain text in Alpaca form (e.g. instruction_data("wiki")): no template, loss on all of it
+        train_on_inputs = True
+    else:
+        prompt = alpaca_prompt(record)
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
     ids = (prompt_ids + response_ids)[:max_length]
     if len(ids) < max_length and tokenizer.eos_token_id is not None:
