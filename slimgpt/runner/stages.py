@@ -40,21 +40,14 @@ def dense_artifact(model: ModelSpec) -> ModelArtifact:
 def load_model(artifact: ModelArtifact, model: ModelSpec):
     """Loads ``artifact`` as ``(SlimGPTForCausalLM, tokenizer)`` in ``model.dtype`` on ``model.device``."""
     dtype = getattr(torch, model.dtype)
-    if artifact.path is not None:
-        from transformers import AutoTokenizer
-
-        from slimgpt.modeling import SlimGPTForCausalLM
-
-        net = SlimGPTForCausalLM.from_pretrained(artifact.path, dtype=dtype).to(model.device)
-        return net.eval(), AutoTokenizer.from_pretrained(artifact.path)
-    if model.name == "tiny":
+    if artifact.path is None and model.name == "tiny":
         from slimgpt import as_slim
         from slimgpt.testing import tiny_model, tiny_tokenizer
 
         return as_slim(tiny_model(**model.tiny)).to(device=model.device, dtype=dtype), tiny_tokenizer()
-    from slimgpt import load_model as load_named
+    from slimgpt import load_model as load_named  # asset name, hub id, or a saved (pruned) checkpoint folder
 
-    return load_named(model.name, dtype=dtype, device=model.device)
+    return load_named(str(artifact.path or model.name), dtype=dtype, device=model.device)
 
 
 def count_params(net: torch.nn.Module) -> int:
