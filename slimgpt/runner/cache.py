@@ -23,8 +23,15 @@ _MARKER = "artifact.json"
 
 
 def signature(parts: dict[str, Any]) -> str:
-    """A 16-hex-digit key of ``parts`` (JSON-able), independent of dict order."""
-    canonical = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str, separators=(",", ":"))
+    """A 16-hex-digit key of ``parts`` (JSON-able), independent of dict order.
+
+    It covers config values and the package version, not the code itself: after changing pruning or
+    training code between releases, point ``paths.cache`` elsewhere or delete the cached folders.
+    """
+    from slimgpt import __version__
+
+    canonical = json.dumps({"format": CACHE_FORMAT, "slimgpt": __version__, **parts}, sort_keys=True, default=str,
+                           separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
