@@ -160,6 +160,20 @@ def test_ctrl_c_marks_the_job_interrupted_with_complete_results(tmp_path, monkey
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json"]
 
 
+def test_sigterm_ends_a_job_like_ctrl_c(tmp_path, monkeypatch):
+    import signal
+
+    import slimgpt.runner.pipeline as pipeline
+    from slimgpt.runner.cli import sigterm_as_interrupt
+
+    monkeypatch.setattr(pipeline, "prune_stage", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        run_job(tiny_job(tmp_path, stages=("prune",)), NoneLogger())
+    assert read_json(tmp_path / "run" / "results.json")["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
 def _record(name, ratio, ppl, tmp_path, dense_ppl=30.0):
     """A results.json as run_job writes it (for the report tests)."""
     specs = {"model": {"name": "tiny"}, "calib": {"source": "wiki", "num_samples": 4, "seq_len": 32},

@@ -4,7 +4,11 @@ It turns the composed config into typed specs (``build_job``), builds the logger
 its results table. Everything else takes plain typed arguments.
 """
 
+import contextlib
 import dataclasses
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -112,6 +116,24 @@ def compose_config(overrides: list[str] = (), *, hydra: bool = False) -> DictCon
         GlobalHydra.instance().clear()
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turns SIGTERM (``kill``, SLURM preemption/time limit) into ``KeyboardInterrupt`` while the job runs,
+    so that it ends like Ctrl-C: results.json says ``interrupted`` and the W&B run is closed."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def objective(record: dict) -> float | None:
     """The value a Hydra sweeper optimises: the final model's first perplexity, if measured."""
     finals = [e["metrics"] for e in record["evaluations"] if e["role"] == "final"]
@@ -124,7 +146,8 @@ def main(cfg: DictConfig) -> float | None:
     """Compose → typed job → run → print the results table."""
     job = job_from_hydra(cfg)
     logger = instantiate(cfg.logger)
-    record = run_job(job, logger)
+    with sigterm_as_interrupt():
+        record = run_job(job, logger)
     print(f"\nresults: {job.run_dir / 'results.json'}\n" + to_markdown(record_rows(record)), flush=True)
     return objective(record)
 
