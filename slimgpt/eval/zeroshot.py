@@ -205,7 +205,8 @@ def _evaluate(model, tokenizer, tasks: list[str], limit: int | None, batch_size:
     manager = TaskManager(include_path=str(include), include_defaults=False) if include else TaskManager()
     was_training = model.training
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # backend given: lm-eval cannot infer "causal" from the custom model_type "slimgpt"
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
         return simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=False)
     finally:
         model.train(was_training)
