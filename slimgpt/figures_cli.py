@@ -1,0 +1,315 @@
+"""``slimgpt-figures STUDY PATHS... --out DIR``: the markdown table and PNG figures of a paper study.
+
+Reads the results.json files of a sweep (``outputs/multiruns/<sweep_name>/...``), extracts the numbers of
+the study and draws them with :mod:`slimgpt.plots`. Studies (conf/experiment/paper_*.yaml):
+
+    fig2      prune only layer 0: per-layer output error vs depth, perplexity per share of layer 0
+    table6    layer-ratio schedules: params / perplexity table, per-layer ratios (Figure 4, with
+              LLM-Pruner's layer range for comparison), per-layer output error, perplexity bars
+    ablation  exact group error × FFN group size: perplexity and prune time per variant
+    table1    pruning ratio × recovery: the summary table plus perplexity vs ratio
+    fig3      calibration samples / sequence length: perplexity (and zero-shot average) curves
+
+Writes ``<out>/<study>.md`` (the study table, then the full ``slimgpt-report`` table) and
+``<out>/<study>_*.png``; prints the study table.
+
+    slimgpt-figures table6 outputs/multiruns/paper_table6 --out experiments/table6_schedules
+"""
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from . import plots
+from .runner.report import collect, find_results, to_markdown
+from .runner.results import read_json
+
+# ----------------------------------------------------------------------------------------------- extraction
+
+
+def load_records(paths: Iterable[Path]) -> list[dict]:
+    """The results.json records below ``paths`` that finished (status ``done``), in a stable order.
+
+    A model evaluated by several runs (a re-run, or a job repeated in another sweep folder and served from
+    the run cache) appears once: records are keyed by their final evaluation's signature.
+    """
+    records, seen = [], set()
+    for record in (read_json(f) for f in find_results(paths)):
+        finals = [e["key"] for e in record.get("evaluations", []) if e["role"] == "final"]
+        identity = finals[0] if finals else id(record)
+        if record.get("status") == "done" and identity not in seen:
+            seen.add(identity)
+            records.append(record)
+    return records
+
+
+def metric(record: dict, key: str, role: str = "final") -> float | None:
+    """Metric ``key`` (``ppl/wiki``, ``zeroshot/avg``, ``params``) of the ``role`` evaluation of a record."""
+    for entry in record.get("evaluations", []):
+        if entry["role"] == role and key in entry["metrics"]:
+            value = entry["metrics"][key]
+            return float(value) if isinstance(value, (int, float)) else None
+    return None
+
+
+def ppl_key(records: list[dict]) -> str:
+    """The first perplexity metric the records report (``ppl/wiki`` for the scaled studies)."""
+    for record in records:
+        for entry in record.get("evaluations", []):
+            keys = sorted(k for k in entry["metrics"] if k.startswith("ppl/"))
+            if keys:
+                return keys[0]
+    raise ValueError("no perplexity in these results: run the study with eval=ppl or eval=both")
+
+
+def dense_metric(records: list[dict], key: str) -> float | None:
+    """The dense baseline's ``key`` from the first record that has one (``baseline: true``)."""
+    return next((v for v in (metric(r, key, "dense") for r in records) if v is not None), None)
+
+
+def prune_report(record: dict) -> dict:
+    """The engine's report of a record (``PruneReport.to_dict()``); errors if the job did not prune."""
+    prune = record.get("prune") or {}
+    if not prune.get("report"):
+        raise ValueError(f"run '{record.get('name')}' has no prune report (stages: {record.get('stages')})")
+    return prune["report"]
+
+
+def layer_values(record: dict, key: str) -> list[float | None]:
+    """Per-layer ``key`` of the prune report: ``output_error``, ``achieved_ratio``, ``target_ratio``."""
+    return [layer.get(key) for layer in prune_report(record)["layers"]]
+
+
+def spec(record: dict, dotted: str):
+    """A value of the record's typed specs, e.g. ``pruner.ratio`` or ``pruner.options.exact_group_error``."""
+    value = record["specs"]
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def llm_pruner_layer_ratios(report: dict) -> list[float]:
+    """Per-layer ratios LLM-Pruner's default setting gives for the same total budget as ``report``:
+    uniform inside its layer range (first 4 and last 2 layers dense), computed from the report's layer sizes."""
+    from .pruning.engine import plan_ratios
+    from .pruning.methods.llm_pruner import default_layer_range
+
+    weights = [layer["params"][0] for layer in report["layers"]]
+    removed = report["params_before"] - report["params_after"]
+    return plan_ratios(removed, weights, "uniform", None, default_layer_range(len(weights)))
+
+
+# ----------------------------------------------------------------------------------------------- tables
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table; floats to 4 significant digits, ``None`` as an empty cell."""
+
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}" if math.isfinite(v) else str(v)
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _settings(record: dict) -> str:
+    """One line of the scaled settings (model, calibration, perplexity prefix) for captions."""
+    calib = record["specs"]["calib"]
+    ppl = record["specs"]["eval"].get("perplexity") or {}
+    tokens = ppl.get("max_tokens") or "all"
+    return (f"{record['specs']['model']['name']}, calibration {calib['source']} {calib['num_samples']}×"
+            f"{calib['seq_len']} tokens, perplexity on {tokens} tokens of the {ppl.get('split', '?')} split "
+            f"(seq_len {ppl.get('seq_len', '?')}), no recovery")
+
+
+def _millions(n: float | None) -> str | None:
+    return None if n is None else f"{n / 1e6:.1f}M"
+
+
+# ----------------------------------------------------------------------------------------------- studies
+
+
+def fig2(records: list[dict], out: Path) -> str:
+    """Figure 2: only layer 0 pruned; per-layer output error vs depth and perplexity per share of layer 0."""
+    key = ppl_key(records)
+    dense = dense_metric(records, key)
+    rows, curves = [], {}
+    for record in sorted(records, key=lambda r: spec(r, "pruner.ratio")):
+        report = prune_report(record)
+        first = report["layers"][0]
+        share = 1 - first["params"][1] / first["params"][0]
+        errors = layer_values(record, "output_error")
+        label = f"layer 0 −{share:.0%}"
+        curves[label] = errors
+        ppl = metric(record, key)
+        rows.append([f"{share:.1%}", f"{report['achieved_ratio']:.2%}", f"{first['heads'][1]}/{first['heads'][0]}",
+                     f"{first['ffn'][1]}/{first['ffn'][0]}", ppl, None if dense is None else ppl / dense,
+                     errors[0], errors[-1], None if not errors[0] else errors[-1] / errors[0]])
+    caption = "Scaled: " + _settings(records[0]) + "; only layer 0 pruned (uniform inside layer_range (0, 1))."
+    plots.plot_layer_curves(curves, out / "fig2_layer_error.png", ylabel="‖y − y_dense‖² / ‖y_dense‖²", logy=True,
+                            title="Pruning only layer 0: output error vs depth (Figure 2)", caption=caption)
+    header = ["layer 0 pruned", "total ratio", "heads left", "FFN left", key, f"{key} / dense", "error layer 0",
+              "error last layer", "growth"]
+    dense_line = f"\n\nDense {key}: {dense:.4g}." if dense is not None else ""
+    return markdown_table(header, rows) + dense_line + "\n\n" + caption
+
+
+def table6(records: list[dict], out: Path) -> str:
+    """Table 6 / Figure 4: schedules at ≈50%; table, per-layer ratios, per-layer errors, perplexity bars."""
+    key = ppl_key(records)
+    dense = dense_metric(records, key)
+    order = ["log_increase", "linear_increase", "uniform", "log_decrease", "linear_decrease"]
+    records = sorted(records, key=lambda r: order.index(spec(r, "schedule.name")) if spec(r, "schedule.name") in
+                     order else len(order))
+    rows, ratios, errors, ppls = [], {}, {}, {}
+    for record in records:
+        name, report = spec(record, "schedule.name"), prune_report(record)
+        ppl = metric(record, key)
+        zs = metric(record, "zeroshot/avg")
+        rows.append([name, _millions(report["params_after"]), f"{report['achieved_ratio']:.2%}",
+                     f"{report['layer_ratio']:.2%}", ppl, zs, round(report["seconds"])])
+        ratios[f"SlimGPT {name}"] = layer_values(record, "achieved_ratio")
+        if any(e is not None for e in layer_values(record, "output_error")):
+            errors[name] = layer_values(record, "output_error")
+        ppls[name] = ppl
+    if records:
+        ratios["LLM-Pruner (uniform in its layer range)"] = llm_pruner_layer_ratios(prune_report(records[0]))
+    caption = "Scaled: " + _settings(records[0]) + "."
+    plots.plot_layer_curves(ratios, out / "fig4_layer_ratios.png", ylabel="fraction of the layer's parameters removed",
+                            steps=True, title="Per-layer pruning ratio at the same total budget (Figure 4)",
+                            caption=caption)
+    if errors:
+        plots.plot_layer_curves(errors, out / "table6_layer_error.png", ylabel="‖y − y_dense‖² / ‖y_dense‖²",
+                                logy=True, title="Output error vs depth per schedule", caption=caption)
+    plots.plot_bars(ppls, out / "table6_ppl.png", ylabel=key, logy=True, reference=dense,
+                    title="Perplexity per layer-ratio schedule (Table 6)", caption=caption)
+    header = ["schedule", "params", "total ratio", "layer ratio", key, "zero-shot avg", "prune s"]
+    dense_line = f"\n\nDense {key}: {dense:.4g}." if dense is not None else ""
+    return markdown_table(header, rows) + dense_line + "\n\n" + caption
+
+
+def _layer_sum(report: dict, part: str, key: str) -> float | None:
+    """Sum over layers of ``layer[part][key]`` (e.g. the OBS error the attention pruning reported)."""
+    values = [layer.get(part, {}).get(key) for layer in report["layers"]]
+    values = [v for v in values if isinstance(v, (int, float))]
+    return float(sum(values)) if values else None
+
+
+def ablation(records: list[dict], out: Path) -> str:
+    """Exact group error × FFN group size: perplexity and prune time per variant."""
+    key = ppl_key(records)
+    dense = dense_metric(records, key)
+    rows, ppls = [], {}
+    for record in sorted(records, key=lambda r: (bool(spec(r, "pruner.options.exact_group_error")),
+                                                 spec(r, "pruner.options.ffn_min_group") or 0)):
+        report = prune_report(record)
+        exact = bool(spec(record, "pruner.options.exact_group_error"))
+        low, high = spec(record, "pruner.options.ffn_min_group"), spec(record, "pruner.options.ffn_max_group")
+        ffn = f"fixed {high}" if low == high else f"dynamic {high}→{low}"
+        heads = "exact group error" if exact else "paper (Cholesky diagonal)"
+        ppl = metric(record, key)
+        rows.append([heads, ffn, _millions(report["params_after"]), ppl, _layer_sum(report, "attention", "obs_error"),
+                     _layer_sum(report, "mlp", "obs_error"), _layer_sum(report, "mlp", "steps"),
+                     round(report["seconds"])])
+        ppls[f"{'exact' if exact else 'paper'} / {ffn}"] = ppl
+    caption = "Scaled: " + _settings(records[0]) + "."
+    plots.plot_bars(ppls, out / "ablation_ppl.png", ylabel=key, reference=dense,
+                    title="Head score × FFN group size", caption=caption)
+    header = ["head score", "FFN groups", "params", key, "Σ head OBS error", "Σ FFN OBS error", "FFN OBS steps",
+              "prune s"]
+    dense_line = f"\n\nDense {key}: {dense:.4g}." if dense is not None else ""
+    return markdown_table(header, rows) + dense_line + "\n\n" + caption
+
+
+def table1(records: list[dict], out: Path) -> str:
+    """Table 1: the summary table (every metric) plus perplexity vs ratio per method and recovery."""
+    key = ppl_key(records)
+    series: dict[str, tuple[list, list]] = {}
+    for record in records:
+        tuned = bool((record["specs"].get("finetune") or {}).get("stages")) and "finetune" in record["stages"]
+        label = f"{spec(record, 'pruner.method')} {'+LoRA' if tuned else 'w/o tune'}"
+        xs, ys = series.setdefault(label, ([], []))
+        xs.append(prune_report(record)["achieved_ratio"])
+        ys.append(metric(record, key))
+    plots.plot_xy(series, out / "table1_ppl.png", xlabel="fraction of total parameters removed", ylabel=key,
+                  logy=True, reference=dense_metric(records, key), title="Perplexity vs pruning ratio (Table 1)",
+                  caption="Scaled: " + _settings(records[0]) + ".")
+    return "Scaled: " + _settings(records[0]) + "."
+
+
+def fig3(records: list[dict], out: Path) -> str:
+    """Figure 3: perplexity (and zero-shot average) vs calibration sample count and sequence length."""
+    key = ppl_key(records)
+    rows, by_axis = [], {"samples": {}, "seq_len": {}}
+    for record in records:
+        n, length = spec(record, "calib.num_samples"), spec(record, "calib.seq_len")
+        axis = "samples" if record.get("group") == "paper_fig3_samples" else "seq_len"
+        by_axis[axis][n if axis == "samples" else length] = (metric(record, key), metric(record, "zeroshot/avg"))
+        rows.append([n, length, n * length, metric(record, key), metric(record, "zeroshot/avg")])
+    caption = "Scaled: " + _settings(records[0]).replace(", no recovery", "") + "; no recovery."
+    for axis, label in (("samples", "calibration samples"), ("seq_len", "calibration sequence length")):
+        points = by_axis[axis]
+        if not points:
+            continue
+        xs = sorted(points)
+        series = {key: (xs, [points[x][0] for x in xs])}
+        plots.plot_xy(series, out / f"fig3_{axis}_ppl.png", xlabel=label, ylabel=key, logx=True,
+                      title=f"Perplexity vs {label} (Figure 3)", caption=caption)
+        if all(points[x][1] is not None for x in xs):
+            plots.plot_xy({"zero-shot avg": (xs, [points[x][1] for x in xs])}, out / f"fig3_{axis}_zeroshot.png",
+                          xlabel=label, ylabel="accuracy", logx=True, caption=caption,
+                          title=f"Zero-shot average vs {label} (Figure 3)")
+    rows.sort(key=lambda row: (row[0], row[1]))
+    return markdown_table(["samples", "seq_len", "tokens", key, "zero-shot avg"], rows) + "\n\n" + caption
+
+
+STUDIES: dict[str, Callable[[list[dict], Path], str]] = {
+    "fig2": fig2, "table6": table6, "ablation": ablation, "table1": table1, "fig3": fig3,
+}
+
+
+def make_study(study: str, paths: Iterable[Path], out: Path) -> str:
+    """Writes ``<out>/<study>.md`` and the study's PNGs from the results below ``paths``; returns the table."""
+    if study not in STUDIES:
+        raise ValueError(f"unknown study '{study}'; choose one of {', '.join(STUDIES)}")
+    paths = list(paths)
+    records = load_records(paths)
+    if not records:
+        raise ValueError(f"no finished results.json under {', '.join(map(str, paths))}")
+    out.mkdir(parents=True, exist_ok=True)
+    text = STUDIES[study](records, out)
+    full = to_markdown(collect(paths))
+    _write_atomic(out / f"{study}.md", f"{text}\n\nAll runs (`slimgpt-report`):\n\n{full}\n")
+    return text
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``slimgpt-figures``."""
+    parser = argparse.ArgumentParser(prog="slimgpt-figures", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", choices=sorted(STUDIES), help="which paper table/figure to draw")
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep folders or results.json files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <study>.md and the PNGs")
+    args = parser.parse_args(argv)
+    try:
+        text = make_study(args.study, args.paths, args.out)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
