@@ -213,7 +213,7 @@ class _Trainer:
         bar.close()
         seconds = time.perf_counter() - start
         self.evaluate(eval_ex)
-        return self._metrics(total, seconds, len(train_ex))
+        return self._metrics(seconds, len(train_ex))
 
     def train_step(self, batch: list[Example], optimizer, params: list[nn.Parameter]) -> tuple[float, float]:
         """One optimizer step on an effective batch; returns (mean loss per target token, gradient norm).
@@ -339,7 +339,7 @@ class _Trainer:
         self.acc.wait_for_everyone()
         return merged, metrics
 
-    def _metrics(self, total: int, seconds: float, num_train: int) -> dict:
+    def _metrics(self, seconds: float, num_train: int) -> dict:
         trainable = sum(p.numel() for p in self.peft.parameters() if p.requires_grad)
         return {
             "steps": self.step,
