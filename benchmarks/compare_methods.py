@@ -105,6 +105,7 @@ def table(rows: list[dict], args) -> str:
         f"Device {'cuda' if torch.cuda.is_available() else 'cpu'}, {args.threads} thread(s), a shared "
         f"{os.cpu_count()}-core machine (times are indicative). Peak memory: the run's process peak RSS "
         f"(model + pruning + evaluation). {dense_text}\n\n"
+        f"Command: `python benchmarks/compare_methods.py {' '.join(command_args())}`\n\n"
     )
     lines = ["| target | method | schedule | params (M) | total ratio | layer ratio | PPL@128 | prune (s) | "
              "peak mem (MiB) |", "|" + "---|" * 9]
@@ -119,6 +120,11 @@ def table(rows: list[dict], args) -> str:
             f"{r['layer_ratio']:.3f} | {r['ppl']:.2f} | {r['prune_s']:.1f} | {r['peak_bytes'] / 2**20:.0f} |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def command_args() -> list[str]:
+    """The command-line arguments of this (parent) run, for the table header."""
+    return [a for a in sys.argv[1:]]
 
 
 def write_atomic(path: Path, text: str) -> None:
