@@ -179,7 +179,7 @@ def table6(records: list[dict], out: Path) -> str:
         if any(e is not None for e in layer_values(record, "output_error")):
             errors[name] = layer_values(record, "output_error")
         ppls[name] = ppl
-    if records:
+    if len(prune_report(records[0])["layers"]) >= 7:  # LLM-Pruner's range keeps 4 + 2 layers dense
         ratios["LLM-Pruner (uniform in its layer range)"] = llm_pruner_layer_ratios(prune_report(records[0]))
     caption = "Scaled: " + _settings(records[0]) + "."
     plots.plot_layer_curves(ratios, out / "fig4_layer_ratios.png", ylabel="fraction of the layer's parameters removed",

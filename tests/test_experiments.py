@@ -1,0 +1,163 @@
+"""Every paper study (conf/experiment/paper_*.yaml × conf/sweep/paper_*.yaml) composes and runs end to end
+in smoke mode (``debug=default``: tiny random model, tiny data), its sweep points included, and
+``slimgpt-figures`` turns the results into a table and PNG figures. The plot functions draw real PNGs.
+"""
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from slimgpt import figures_cli, plots
+from slimgpt.runner.cli import CONF_DIR, build_job, compose_config
+from slimgpt.runner.logging import NoneLogger
+from slimgpt.runner.pipeline import run_job
+from slimgpt.runner.results import read_json, write_json_atomic
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+#: study -> (experiment, sweeps, figures_cli study, PNGs it must draw)
+STUDIES = {
+    "fig2": ("paper_fig2", ["paper_fig2"], "fig2", ["fig2_layer_error.png"]),
+    "table6": ("paper_table6", ["paper_table6"], "table6",
+               ["fig4_layer_ratios.png", "table6_layer_error.png", "table6_ppl.png"]),
+    "ablation": ("paper_ablation", ["paper_ablation"], "ablation", ["ablation_ppl.png"]),
+    "table1": ("paper_table1", ["paper_table1"], "table1", ["table1_ppl.png"]),
+    "fig3": ("paper_fig3", ["paper_fig3_samples", "paper_fig3_seqlen"], "fig3",
+             ["fig3_samples_ppl.png", "fig3_seq_len_ppl.png", "fig3_samples_zeroshot.png"]),
+}
+#: Smoke mode: debug=default (tiny model, tiny data) with perplexity only...
+SMOKE = ["debug=default", "eval=ppl"]
+#: ...except the sweeps that also exercise the zero-shot path (debug's one task, 4 questions).
+WITH_ZEROSHOT = {"paper_fig3_samples"}
+#: Per-study smoke extras: the tiny model's embeddings are a larger share of its parameters, so Table 1's
+#: 50% of total needs ≈80% of the last layers under log-increase; a flat schedule keeps every value feasible.
+#: Table 6's 50% of the decoder layers needs ≈85% of the tiny model's last layer under the linear schedules
+#: (4 layers of 2 KV groups): the smoke run uses a quarter instead.
+SMOKE_EXTRA = {"table1": ["schedule=uniform"], "table6": ["pruner.ratio=0.25"]}
+
+
+def sweep_axes(sweep: str) -> list[list[str]]:
+    """Per swept key, its ``key=value`` overrides, from the sweep file's ``hydra.sweeper.params``."""
+    params = compose_config([f"sweep={sweep}"], hydra=True).hydra.sweeper.params
+    return [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+
+
+def sweep_points(sweep: str) -> list[list[str]]:
+    """The override lists of every job of ``sweep`` (Hydra's basic sweeper: the cartesian product)."""
+    return [list(point) for point in itertools.product(*sweep_axes(sweep))]
+
+
+def covering_points(sweep: str) -> list[list[str]]:
+    """A few jobs of ``sweep`` in which every value of every axis occurs at least once (smoke runs)."""
+    axes = sweep_axes(sweep)
+    return [[axis[i % len(axis)] for axis in axes] for i in range(max(map(len, axes)))]
+
+
+def run_point(overrides: list[str], tmp: Path, index: int) -> Path:
+    """Composes and runs one job in-process (logger none); returns its run folder."""
+    run_dir = tmp / "runs" / str(index)
+    cfg = compose_config([*overrides, f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}"])
+    sweep_name = str(cfg.sweep_name)
+    job = build_job(cfg, run_dir=run_dir, group=sweep_name, overrides=tuple(overrides))
+    run_job(job, NoneLogger())
+    return run_dir
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_every_paper_study_runs_in_smoke_mode_and_draws_its_figures(study, tmp_path):
+    experiment, sweeps, figure_study, pngs = STUDIES[study]
+    index = 0
+    for sweep in sweeps:
+        smoke = (["debug=default"] if sweep in WITH_ZEROSHOT else SMOKE) + SMOKE_EXTRA.get(study, [])
+        for point in covering_points(sweep):
+            run_dir = run_point([f"experiment={experiment}", f"sweep={sweep}", *smoke, *point], tmp_path, index)
+            record = read_json(run_dir / "results.json")
+            assert record["status"] == "done"
+            methods = [o.split("=")[1] for o in point if o.startswith("pruner=")]
+            assert record["prune"]["report"]["method"] == (methods[0] if methods else "slimgpt")
+            index += 1
+    out = tmp_path / "figures"
+    table = figures_cli.make_study(figure_study, [tmp_path / "runs"], out)
+    assert "Scaled: tiny" in table and (out / f"{figure_study}.md").is_file()
+    for png in pngs:
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
+
+
+def test_fig2_prunes_only_layer_zero_and_reports_the_error_of_every_layer(tmp_path):
+    run_dir = run_point(["experiment=paper_fig2", *SMOKE], tmp_path, 0)
+    layers = read_json(run_dir / "results.json")["prune"]["report"]["layers"]
+    assert layers[0]["achieved_ratio"] > 0 and all(layer["achieved_ratio"] == 0 for layer in layers[1:])
+    errors = [layer["output_error"] for layer in layers]
+    assert all(e is not None and e > 0 for e in errors)  # the error of layer 0 propagates to every later layer
+
+
+def test_table6_schedules_spend_the_same_budget_differently(tmp_path):
+    reports = {}
+    for index, schedule in enumerate(("log_increase", "log_decrease")):
+        run_dir = run_point(["experiment=paper_table6", *SMOKE, f"schedule={schedule}"], tmp_path, index)
+        reports[schedule] = read_json(run_dir / "results.json")["prune"]["report"]
+    up, down = (reports[s]["layers"] for s in ("log_increase", "log_decrease"))
+    assert up[0]["target_ratio"] < up[-1]["target_ratio"] and down[0]["target_ratio"] > down[-1]["target_ratio"]
+    assert reports["log_increase"]["achieved_ratio"] == pytest.approx(reports["log_decrease"]["achieved_ratio"], abs=0.03)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("paper_*llama7b.yaml")))
+def test_llama7b_variants_point_at_the_hub_model_and_the_paper_protocol(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", f"paths.cache={tmp_path}"])
+    job = build_job(cfg, run_dir=tmp_path)
+    assert job.model.name == "huggyllama/llama-7b" and job.model.device == "cuda"
+    assert job.calib.source == "c4" and job.calib.seq_len == 2048
+    assert job.evaluation.perplexity.max_tokens is None and "wikitext2" in job.evaluation.perplexity.corpora
+
+
+def test_fig2_ratios_are_the_requested_shares_of_layer_zero():
+    """The sweep's total ratios remove 25/50/75% of layer 0 of SmolLM2-135M (3,538,944 of 134,515,008)."""
+    ratios = [float(p[0].split("=")[1]) for p in sweep_points("paper_fig2")]
+    assert [round(r * 134_515_008 / 3_538_944, 4) for r in ratios] == [0.25, 0.5, 0.75]
+    ratios = [float(p[0].split("=")[1]) for p in sweep_points("paper_fig2_llama7b")]
+    assert [round(r * 6_738_415_616 / 202_375_168, 4) for r in ratios] == [0.25, 0.5, 0.75]
+
+
+def test_plot_functions_write_png_files(tmp_path):
+    paths = [
+        plots.plot_layer_curves({"a": [1e-3, 1e-2, None, 0.1]}, tmp_path / "curves.png", ylabel="err", logy=True,
+                                caption="caption"),
+        plots.plot_layer_curves({"a": [0.1, 0.2], "b": [0.2, 0.1]}, tmp_path / "steps.png", ylabel="r", steps=True),
+        plots.plot_bars({"x": 3.0, "y": 30.0}, tmp_path / "bars.png", ylabel="ppl", logy=True, reference=2.0),
+        plots.plot_xy({"s": ([64, 16, 32], [3.0, 5.0, 4.0])}, tmp_path / "xy.png", xlabel="n", ylabel="ppl", logx=True),
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "curves.png", "steps.png", "xy.png"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: plots.plot_bars({}, p / "a.png", ylabel="y"), "no data"),
+    (lambda p: plots.plot_layer_curves({"a": []}, p / "a.png", ylabel="y"), "'a' is empty"),
+    (lambda p: plots.plot_xy({"s": ([1, 2], [1])}, p / "a.png", xlabel="x", ylabel="y"), "2 x values but 1"),
+    (lambda p: plots.plot_bars({"a": 1.0}, p / "a.pdf", ylabel="y"), "PNG"),
+])
+def test_plot_functions_reject_bad_input_with_a_clear_message(call, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        call(tmp_path)
+
+
+def test_figures_load_each_evaluated_model_once(tmp_path):
+    """A job repeated in a second sweep folder (served from the run cache) is one row, not two."""
+    record = {"status": "done", "evaluations": [{"role": "final", "key": "k1", "model": "slimgpt", "metrics": {}}]}
+    for folder in ("a/0", "b/0"):
+        (tmp_path / folder).mkdir(parents=True)
+        write_json_atomic(tmp_path / folder / "results.json", record)
+    failed = {"status": "failed", "evaluations": [{"role": "final", "key": "k2", "model": "slimgpt", "metrics": {}}]}
+    write_json_atomic(tmp_path / "c" / "0" / "results.json", failed)
+    assert len(figures_cli.load_records([tmp_path])) == 1
+
+
+def test_figures_cli_names_the_bad_study_and_an_empty_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        figures_cli.main(["table9", str(tmp_path), "--out", str(tmp_path)])
+    assert "invalid choice: 'table9'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        figures_cli.main(["fig2", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "no finished results.json" in capsys.readouterr().err
