@@ -89,3 +89,14 @@ def test_dynamic_group_sizes_follow_the_released_schedule():
     assert dynamic_group_sizes(100, 8, 8) == [8] * 12 + [4]
     with pytest.raises(ValueError, match="min_group"):
         dynamic_group_sizes(10, 4, 8)
+
+
+def test_downdated_inverse_equals_recomputing_it_every_step():
+    W, H, _ = _problem(rows=8, cols=48, tokens=400, seed=5)
+    units = torch.arange(48).view(48, 1)
+    steps = [8, 8, 4, 4, 2, 2]
+    fresh = obs_prune(W, H, units, steps, refresh_every=1)
+    downdated = obs_prune(W, H, units, steps, refresh_every=0)
+    assert downdated.removed == fresh.removed
+    torch.testing.assert_close(downdated.weight, fresh.weight, rtol=1e-4, atol=1e-5)
+    assert downdated.error == pytest.approx(fresh.error, rel=1e-4)

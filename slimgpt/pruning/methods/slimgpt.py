@@ -17,6 +17,9 @@ class SlimGPT(Method):
         ffn_max_group, ffn_min_group: Dynamic Group Size bounds (the released code: 1024 and 64); equal values
             give a fixed group size.
         head_step: heads removed per greedy step (the paper: 1).
+        inverse_refresh: recompute the inverse Hessian from scratch every this many greedy steps, downdating
+            it in between (1 = the released code's recompute every step; same result up to round-off, a test
+            checks it, and ``O(cols²·group)`` instead of ``O(cols³)`` per step).
     """
 
     name = "slimgpt"
@@ -29,6 +32,7 @@ class SlimGPT(Method):
         ffn_max_group: int = 1024,
         ffn_min_group: int = 64,
         head_step: int = 1,
+        inverse_refresh: int = 8,
     ):
         if damp < 0:
             raise ValueError(f"damp must be >= 0, got {damp}")
@@ -39,6 +43,9 @@ class SlimGPT(Method):
         self.exact = exact_group_error
         self.ffn_max_group, self.ffn_min_group = ffn_max_group, ffn_min_group
         self.head_step = head_step
+        if inverse_refresh < 1:
+            raise ValueError(f"inverse_refresh must be >= 1, got {inverse_refresh}")
+        self.inverse_refresh = inverse_refresh
 
     def steps(self, block: Block, num_remove: int) -> list[int]:
         """Units removed at each greedy step."""
@@ -50,7 +57,7 @@ class SlimGPT(Method):
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
         result = obs_prune(
             block.out_proj.weight, stats.hessian, block.units, self.steps(block, num_remove),
-            exact=self.exact and block.kind == "attention", damp=self.damp,
+            exact=self.exact and block.kind == "attention", damp=self.damp, refresh_every=self.inverse_refresh,
         )
         info = {"obs_error": result.error, "damp": result.damp, "steps": result.steps}
         return Selection(result.removed, weight=result.weight, info=info)
