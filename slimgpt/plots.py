@@ -49,7 +49,10 @@ def _check_series(series: Mapping[str, Sequence[float]], what: str) -> None:
             raise ValueError(f"{what}: the series '{name}' is empty")
 
 
-def _finish(ax, title: str | None, caption: str | None, xlabel: str, ylabel: str, logy: bool) -> None:
+def _finish(ax, title: str | None, caption: str | None, xlabel: str, ylabel: str, logy: bool,
+            bottom: float = 0.24) -> None:
+    """Labels, scale, title, grid; the caption goes in a band of height ``bottom`` (figure fraction) below
+    the axes and their tick labels."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
@@ -57,7 +60,8 @@ def _finish(ax, title: str | None, caption: str | None, xlabel: str, ylabel: str
     if title:
         ax.set_title(title, fontsize=10)
     if caption:
-        ax.figure.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
+        ax.figure.subplots_adjust(bottom=bottom)
+        ax.figure.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", wrap=True)
     ax.grid(alpha=0.3)
 
 
@@ -113,8 +117,8 @@ def plot_bars(
     ax.set_xticks(range(len(ys)), names, rotation=20, ha="right", fontsize=8)
     if reference is not None:
         ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=f"{reference_label} {reference:.4g}")
-        ax.legend(fontsize=8)
-    _finish(ax, title, caption, "", ylabel, logy)
+        ax.legend(fontsize=8, loc="lower right")
+    _finish(ax, title, caption, "", ylabel, logy, bottom=0.32)  # room for the rotated names
     return _save(fig, out)
 
 
