@@ -74,3 +74,21 @@ def tiny_model(
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def replay_method(removed_per_block: list[list[int]]):
+    """A pruning method that removes the given units block after block, with no compensation — "plain
+    removal" of the units another method chose (for A/B tests of compensation)."""
+    from .pruning import Method, Selection
+
+    class Replay(Method):
+        name = "replay"
+        needs_inputs = False
+
+        def __init__(self):
+            self.log = iter(removed_per_block)
+
+        def select(self, block, stats, num_remove):
+            return Selection(next(self.log))
+
+    return Replay()

@@ -9,14 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import slimgpt
-from slimgpt.pruning import SCHEDULES, Method, Selection
+from slimgpt.pruning import SCHEDULES
 from slimgpt.pruning.engine import capture_inputs, run
 from slimgpt.pruning.methods import METHODS
 from slimgpt.pruning.methods.flap import FLAP
 from slimgpt.pruning.methods.llm_pruner import LLMPruner, default_layer_range, ratio_from_pruning_ratio
 from slimgpt.pruning.stats import InputStats
 from slimgpt.pruning.structures import add_output_biases, attention_block, mlp_block
-from slimgpt.testing import tiny_model
+from slimgpt.testing import replay_method, tiny_model
 
 BASELINES = ["magnitude", "wanda_sp", "flap", "random", "llm_pruner"]
 CALIB = torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
@@ -203,23 +203,12 @@ def test_flap_bias_equals_the_mean_contribution_and_lowers_the_block_error():
     torch.testing.assert_close(err_plain - err_bias, gain, rtol=1e-3, atol=1e-6)
 
 
-class _Replay(Method):
-    name = "replay"
-    needs_inputs = False
-
-    def __init__(self, log):
-        self.log = iter(log)
-
-    def select(self, block, stats, num_remove):
-        return Selection(next(self.log))
-
-
 def test_flap_bias_compensation_lowers_the_layer_output_error():
     dense, compensated, plain = _slim(), _slim(), _slim()
     method = _recording("flap")
     method._layers = compensated.model.layers
     run(compensated, CALIB, 0.4, "uniform", method, batch_size=4, progress=False)
-    run(plain, CALIB, 0.4, "uniform", _Replay([r for _, r in method.log]), batch_size=4, progress=False)
+    run(plain, CALIB, 0.4, "uniform", replay_method([r for _, r in method.log]), batch_size=4, progress=False)
     assert compensated.config.layer_intermediate_sizes == plain.config.layer_intermediate_sizes
     inps, kwargs = capture_inputs(dense, CALIB, batch_size=8, device=torch.device("cpu"))
     with torch.no_grad():

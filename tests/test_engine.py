@@ -5,11 +5,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import slimgpt
-from slimgpt.pruning import Method, Selection
 from slimgpt.pruning.engine import capture_inputs, forward_layer, run
 from slimgpt.pruning.methods.slimgpt import SlimGPT
 from slimgpt.pruning.structures import remove_channels, remove_heads
-from slimgpt.testing import tiny_model
+from slimgpt.testing import replay_method, tiny_model
 
 CALIB = torch.randint(0, 256, (12, 24), generator=torch.Generator().manual_seed(0))
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -81,25 +80,12 @@ class _Recording(SlimGPT):
         return selection
 
 
-class _Replay(Method):
-    """Removes the recorded units without touching the remaining weights (plain removal)."""
-
-    name = "replay"
-    needs_inputs = False
-
-    def __init__(self, log):
-        self.log = iter(log)
-
-    def select(self, block, stats, num_remove):
-        return Selection(next(self.log))
-
-
 def test_obs_compensation_beats_plain_removal_on_a_layer():
     """Same units removed; OBS-compensated weights reconstruct the dense layer's output far better."""
     dense, compensated, plain = _slim(), _slim(), _slim()
     recorder = _Recording()
     run(compensated, CALIB, 0.3, "uniform", recorder, batch_size=4, progress=False)
-    run(plain, CALIB, 0.3, "uniform", _Replay(recorder.log), batch_size=4, progress=False)
+    run(plain, CALIB, 0.3, "uniform", replay_method(recorder.log), batch_size=4, progress=False)
     assert compensated.config.layer_intermediate_sizes == plain.config.layer_intermediate_sizes
     inps, kwargs = capture_inputs(dense, CALIB, batch_size=12, device=torch.device("cpu"))
     target = dense.model.layers[0](inps, **kwargs[0])
