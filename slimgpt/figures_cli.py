@@ -6,8 +6,9 @@ the study and draws them with :mod:`slimgpt.plots`. Studies (conf/experiment/pap
     fig2      prune only layer 0: per-layer output error vs depth, perplexity per share of layer 0
     table6    layer-ratio schedules: params / perplexity table, per-layer ratios (Figure 4, with
               LLM-Pruner's layer range for comparison), per-layer output error, perplexity bars
-    ablation  exact group error × FFN group size: perplexity and prune time per variant
-    table1    pruning ratio × recovery: the summary table plus perplexity vs ratio
+    ablation  head score × FFN group size: perplexity, OBS errors and prune time per variant
+    table1    method × pruning ratio × recovery: params, perplexity, the 7 tasks, average; PPL and
+              zero-shot average vs ratio
     fig3      calibration samples / sequence length: perplexity (and zero-shot average) curves
 
 Writes ``<out>/<study>.md`` (the study table, then the full ``slimgpt-report`` table) and
@@ -83,7 +84,7 @@ def layer_values(record: dict, key: str) -> list[float | None]:
 
 
 def spec(record: dict, dotted: str):
-    """A value of the record's typed specs, e.g. ``pruner.ratio`` or ``pruner.options.exact_group_error``."""
+    """A value of the record's typed specs, e.g. ``pruner.ratio`` or ``pruner.options.head_score``."""
     value = record["specs"]
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
@@ -202,23 +203,33 @@ def _layer_sum(report: dict, part: str, key: str) -> float | None:
     return float(sum(values)) if values else None
 
 
+# pruner.options.head_score -> its row label in the ablation table
+HEAD_SCORE_LABELS = {
+    "cholesky": "grouped Cholesky (paper)",
+    "diagonal": "plain diagonal (paper's ablation)",
+    "exact": "exact group error (ours)",
+}
+
+
 def ablation(records: list[dict], out: Path) -> str:
-    """Exact group error × FFN group size: perplexity and prune time per variant."""
+    """Head score (grouped Cholesky, exact group error, plain diagonal) × FFN group size: perplexity, OBS errors
+    and prune time per variant."""
     key = ppl_key(records)
     dense = dense_metric(records, key)
     rows, ppls = [], {}
-    for record in sorted(records, key=lambda r: (bool(spec(r, "pruner.options.exact_group_error")),
-                                                 spec(r, "pruner.options.ffn_min_group") or 0)):
+    order = {name: i for i, name in enumerate(HEAD_SCORE_LABELS)}
+    for record in sorted(records, key=lambda r: (order.get(spec(r, "pruner.options.head_score"), len(order)),
+                                                 -(spec(r, "pruner.options.ffn_min_group") or 0))):
         report = prune_report(record)
-        exact = bool(spec(record, "pruner.options.exact_group_error"))
+        score = spec(record, "pruner.options.head_score")
         low, high = spec(record, "pruner.options.ffn_min_group"), spec(record, "pruner.options.ffn_max_group")
         ffn = f"fixed {high}" if low == high else f"dynamic {high}→{low}"
-        heads = "exact group error" if exact else "paper (Cholesky diagonal)"
+        heads = HEAD_SCORE_LABELS.get(score, str(score))
         ppl = metric(record, key)
         rows.append([heads, ffn, _millions(report["params_after"]), ppl, _layer_sum(report, "attention", "obs_error"),
                      _layer_sum(report, "mlp", "obs_error"), _layer_sum(report, "mlp", "steps"),
                      round(report["seconds"])])
-        ppls[f"{'exact' if exact else 'paper'} / {ffn}"] = ppl
+        ppls[f"{score} / {ffn}"] = ppl
     caption = "Scaled: " + _settings(records[0]) + "."
     plots.plot_bars(ppls, out / "ablation_ppl.png", ylabel=key, reference=dense,
                     title="Head score × FFN group size", caption=caption)
@@ -228,20 +239,53 @@ def ablation(records: list[dict], out: Path) -> str:
     return markdown_table(header, rows) + dense_line + "\n\n" + caption
 
 
+ZEROSHOT_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+
+def _tuned(record: dict) -> bool:
+    """Whether the record's model went through a recovery (LoRA) stage."""
+    return bool((record["specs"].get("finetune") or {}).get("stages")) and "finetune" in record["stages"]
+
+
 def table1(records: list[dict], out: Path) -> str:
-    """Table 1: the summary table (every metric) plus perplexity vs ratio per method and recovery."""
+    """Table 1: ratio × method × recovery with params, perplexity, the 7 zero-shot tasks and their average
+    (dense row first), plus perplexity and zero-shot average vs the achieved ratio per method and recovery."""
     key = ppl_key(records)
-    series: dict[str, tuple[list, list]] = {}
-    for record in records:
-        tuned = bool((record["specs"].get("finetune") or {}).get("stages")) and "finetune" in record["stages"]
-        label = f"{spec(record, 'pruner.method')} {'+LoRA' if tuned else 'w/o tune'}"
-        xs, ys = series.setdefault(label, ([], []))
-        xs.append(prune_report(record)["achieved_ratio"])
-        ys.append(metric(record, key))
-    plots.plot_xy(series, out / "table1_ppl.png", xlabel="fraction of total parameters removed", ylabel=key,
-                  logy=True, reference=dense_metric(records, key), title="Perplexity vs pruning ratio (Table 1)",
-                  caption="Scaled: " + _settings(records[0]) + ".")
-    return "Scaled: " + _settings(records[0]) + "."
+    tasks = [t for t in ZEROSHOT_TASKS if any(metric(r, f"zeroshot/{t}") is not None for r in records)]
+    dense = next((r for r in records if metric(r, key, "dense") is not None), None)
+    rows = []
+    if dense is not None:
+        rows.append(["0%", "dense", "", _millions(metric(dense, "params", "dense")), metric(dense, key, "dense"),
+                     *[metric(dense, f"zeroshot/{t}", "dense") for t in tasks],
+                     metric(dense, "zeroshot/avg", "dense") if tasks else None])
+    ppl_series: dict[str, tuple[list, list]] = {}
+    zs_series: dict[str, tuple[list, list]] = {}
+    for record in sorted(records, key=lambda r: (spec(r, "pruner.ratio"), spec(r, "pruner.method"), _tuned(r))):
+        report, method = prune_report(record), spec(record, "pruner.method")
+        label = f"{method} {'+LoRA' if _tuned(record) else 'w/o tune'}"
+        achieved, avg = report["achieved_ratio"], metric(record, "zeroshot/avg")
+        rows.append([f"{spec(record, 'pruner.ratio'):.0%}", method, "LoRA" if _tuned(record) else "no",
+                     _millions(report["params_after"]), metric(record, key),
+                     *[metric(record, f"zeroshot/{t}") for t in tasks], avg if tasks else None])
+        for series, value in ((ppl_series, metric(record, key)), (zs_series, avg)):
+            if value is not None:
+                xs, ys = series.setdefault(label, ([], []))
+                xs.append(achieved)
+                ys.append(value)
+    settings = _settings(records[0]).replace(", no recovery", "")
+    limit = spec(records[0], "eval.zeroshot.limit")
+    caption = f"Scaled: {settings}" + (f"; zero-shot on the first {limit} questions per task" if tasks and limit
+                                       else "") + "."
+    plots.plot_xy(ppl_series, out / "table1_ppl.png", xlabel="fraction of total parameters removed", ylabel=key,
+                  logy=True, reference=None if dense is None else metric(dense, key, "dense"),
+                  title="Perplexity vs pruning ratio (Table 1)", caption=caption)
+    if zs_series:
+        plots.plot_xy(zs_series, out / "table1_zeroshot.png", xlabel="fraction of total parameters removed",
+                      ylabel="7-task zero-shot average" if len(tasks) == 7 else "zero-shot average",
+                      reference=None if dense is None else metric(dense, "zeroshot/avg", "dense"),
+                      title="Zero-shot average vs pruning ratio (Table 1)", caption=caption)
+    header = ["ratio", "method", "tune", "params", key, *tasks, "avg"]
+    return markdown_table(header, rows) + "\n\n" + caption
 
 
 def fig3(records: list[dict], out: Path) -> str:

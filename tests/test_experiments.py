@@ -111,6 +111,18 @@ def test_llama7b_variants_point_at_the_hub_model_and_the_paper_protocol(experime
     assert job.evaluation.perplexity.max_tokens is None and "wikitext2" in job.evaluation.perplexity.corpora
 
 
+@pytest.mark.parametrize("experiment, sweep", [("paper_table1", "paper_table1"),
+                                               ("paper_table1_llama7b", "paper_table1_llama7b")])
+def test_table1_recovery_axis_gives_untuned_and_tuned_rows(experiment, sweep, tmp_path):
+    """The sweep's ``finetune`` values decide the recovery; the experiment must not override them."""
+    stages = {}
+    for override in sweep_axes(sweep)[-1]:
+        cfg = compose_config([f"experiment={experiment}", override, f"paths.cache={tmp_path}"])
+        stages[override] = build_job(cfg, run_dir=tmp_path).finetune.stages
+    untuned, tuned = stages.values()
+    assert list(stages)[0] == "finetune=none" and untuned == () and len(tuned) == 1
+
+
 def test_fig2_ratios_are_the_requested_shares_of_layer_zero():
     """The sweep's total ratios remove 25/50/75% of layer 0 of SmolLM2-135M (3,538,944 of 134,515,008)."""
     ratios = [float(p[0].split("=")[1]) for p in sweep_points("paper_fig2")]

@@ -44,18 +44,36 @@ def test_exact_scores_match_brute_force(group):
     units = torch.arange(12).view(-1, group)
     Wp, Hp = prepare_hessian(W, H, 0.0)
     Hinv = inverse_of_alive(Hp, torch.ones(12, dtype=torch.bool))
-    scores = unit_scores(Wp, Hinv, units, exact=True)
+    scores = unit_scores(Wp, Hinv, units, "exact")
     brute = [_true_error(W, obs_prune(W, H, units[[u]], [1], damp=0.0).weight, H) for u in range(units.shape[0])]
     torch.testing.assert_close(scores.double(), torch.tensor(brute, dtype=torch.float64), rtol=2e-3, atol=1e-6)
-    if group == 1:  # a single column: the paper's diagonal score is exact
+    if group == 1:  # a single column: the paper's score and the plain diagonal one are exact
         torch.testing.assert_close(unit_scores(Wp, Hinv, units), scores)
+        torch.testing.assert_close(unit_scores(Wp, Hinv, units, "diagonal"), scores)
+
+
+def test_diagonal_score_sums_single_column_errors():
+    """The ablation score of a 3-column unit is the sum of its columns' brute-force single-column OBS errors;
+    the grouped-Cholesky score is never below it (each U_ii² is a Schur complement of Hinv_ii)."""
+    W, H, _ = _problem(cols=12, seed=4)
+    units = torch.arange(12).view(4, 3)
+    Wp, Hp = prepare_hessian(W, H, 0.0)
+    Hinv = inverse_of_alive(Hp, torch.ones(12, dtype=torch.bool))
+    single = torch.arange(12).view(12, 1)
+    col_err = [_true_error(W, obs_prune(W, H, single[[c]], [1], damp=0.0).weight, H) for c in range(12)]
+    expected = torch.tensor(col_err, dtype=torch.float64).view(4, 3).sum(dim=1)
+    diagonal = unit_scores(Wp, Hinv, units, "diagonal")
+    torch.testing.assert_close(diagonal.double(), expected, rtol=2e-3, atol=1e-6)
+    assert torch.all(unit_scores(Wp, Hinv, units, "cholesky") >= diagonal * (1 - 1e-5))
+    with pytest.raises(ValueError, match="score must be one of"):
+        unit_scores(Wp, Hinv, units, "plain")
 
 
 def test_greedy_choice_equals_brute_force_greedy():
     """Each greedy step picks the unit whose joint OBS removal (with the ones already gone) costs least."""
     W, H, _ = _problem(cols=16, seed=3)
     units = torch.arange(16).view(8, 2)
-    res = obs_prune(W, H, units, [1, 1, 1], exact=True, damp=0.0)
+    res = obs_prune(W, H, units, [1, 1, 1], score="exact", damp=0.0)
     chosen: list[int] = []
     for _ in range(3):
         costs = {

@@ -11,12 +11,15 @@ Removing a column set ``S`` with the OBS update (eq. 3 of the paper, the group f
 where ``Hinv`` is the inverse Hessian of the columns still alive. Batched Greedy Pruning (§3.1) scores every
 unit through one batched Cholesky factorisation of its diagonal ``Hinv`` block ``Hinv_SS = Uᵀ U`` (upper, the
 GPTQ convention): the paper's score keeps the diagonal terms ``Σ_i ‖W[:, i]‖² / U_ii²``; the exact group
-error is ``‖W_S U⁻¹‖²_F`` (an option here, not in the paper).
+error is ``‖W_S U⁻¹‖²_F`` (an option here, not in the paper). The plain diagonal score ``Σ_i ‖W[:, i]‖² / Hinv_ii``
+(each column's single-column OBS error, summed: no grouped Cholesky) is the paper's Table 5 ablation.
 """
 
 from dataclasses import dataclass, field
 
 import torch
+
+HEAD_SCORES = ("cholesky", "exact", "diagonal")
 
 
 class CholeskyError(RuntimeError):
@@ -77,20 +80,27 @@ def inverse_of_alive(H: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(L)
 
 
-def unit_scores(W: torch.Tensor, Hinv: torch.Tensor, units: torch.Tensor, exact: bool = False) -> torch.Tensor:
+def unit_scores(W: torch.Tensor, Hinv: torch.Tensor, units: torch.Tensor, score: str = "cholesky") -> torch.Tensor:
     """OBS error estimate of removing each unit alone (Batched Greedy Pruning, grouped Cholesky).
 
     Args:
         W: ``[rows, cols]``; Hinv: ``[cols, cols]`` inverse Hessian of the alive columns.
         units: ``[u, s]`` column indices of each candidate unit.
-        exact: ``‖W_S U⁻¹‖²_F`` (the exact group error) instead of the paper's ``Σ_i ‖W_i‖² / U_ii²``.
+        score: ``"cholesky"``, the paper's ``Σ_i ‖W_i‖² / U_ii²`` with ``Hinv_SS = Uᵀ U`` (one batched Cholesky
+            of every unit's diagonal block); ``"exact"``, the exact group error ``‖W_S U⁻¹‖²_F`` (ours);
+            ``"diagonal"``, ``Σ_i ‖W_i‖² / Hinv_ii``, the per-column OBS errors summed (the paper's ablation
+            without grouped Cholesky: it ignores the correlation of the columns inside a unit).
     Returns:
-        ``[u]`` scores (lower = cheaper to remove).
+        ``[u]`` scores (lower = cheaper to remove). For single-column units the three scores are equal.
     """
+    if score not in HEAD_SCORES:
+        raise ValueError(f"score must be one of {HEAD_SCORES}, got {score!r}")
+    W_units = W[:, units].permute(1, 0, 2)  # [u, rows, s]
+    if score == "diagonal":
+        return (W_units.pow(2).sum(dim=1) / torch.diagonal(Hinv)[units]).sum(dim=1)
     blocks = Hinv[units[:, :, None], units[:, None, :]]  # [u, s, s] diagonal blocks Hinv_SS
     U = torch.linalg.cholesky(blocks, upper=True)  # one batched call: Hinv_SS = Uᵀ U
-    W_units = W[:, units].permute(1, 0, 2)  # [u, rows, s]
-    if exact:
+    if score == "exact":
         scaled = torch.linalg.solve_triangular(U, W_units, upper=True, left=False)  # W_S U⁻¹
         return scaled.pow(2).sum(dim=(1, 2))
     diag = torch.diagonal(U, dim1=-2, dim2=-1)  # [u, s]
@@ -127,7 +137,7 @@ def obs_prune(
     units: torch.Tensor,
     step_sizes: list[int],
     *,
-    exact: bool = False,
+    score: str = "cholesky",
     damp: float = 0.01,
     max_retries: int = 4,
     refresh_every: int = 8,
@@ -144,12 +154,13 @@ def obs_prune(
     Args:
         weight: ``[rows, cols]`` (any dtype; computed in fp32). hessian: ``[cols, cols]``.
         units: ``[u, s]`` LongTensor, column indices of each unit (disjoint).
+        score: how units are ranked at each step (:func:`unit_scores`); the removal itself is always exact OBS.
     """
     if sum(step_sizes) > units.shape[0]:
         raise ValueError(f"cannot remove {sum(step_sizes)} of {units.shape[0]} units")
     for attempt in range(max_retries + 1):
         try:
-            return _greedy(weight, hessian, units, step_sizes, exact, damp, refresh_every)
+            return _greedy(weight, hessian, units, step_sizes, score, damp, refresh_every)
         except torch.linalg.LinAlgError:
             if attempt == max_retries:
                 raise CholeskyError(f"Hessian not positive definite even with damp={damp:g}") from None
@@ -162,7 +173,7 @@ def _greedy(
     hessian: torch.Tensor,
     units: torch.Tensor,
     step_sizes: list[int],
-    exact: bool,
+    score: str,
     damp: float,
     refresh_every: int,
 ) -> ObsResult:
@@ -177,7 +188,7 @@ def _greedy(
         if refresh_every and step and step % refresh_every == 0:  # bound the downdates' round-off
             Hinv = inverse_of_alive(H, alive_cols)
         candidates = torch.nonzero(alive_units).flatten()
-        scores = unit_scores(W, Hinv, units[candidates], exact=exact)
+        scores = unit_scores(W, Hinv, units[candidates], score)
         chosen = candidates[torch.topk(scores, k, largest=False).indices]
         cols = units[chosen].flatten()
         W, Hinv, err = remove_columns(W, Hinv, cols)

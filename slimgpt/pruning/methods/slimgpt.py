@@ -1,6 +1,6 @@
 """SlimGPT: Batched Greedy Pruning of heads and Dynamic Group Size for FFN channels, with OBS compensation."""
 
-from ..obs import dynamic_group_sizes, obs_prune
+from ..obs import HEAD_SCORES, dynamic_group_sizes, obs_prune
 from ..stats import InputStats
 from ..structures import Block
 from .base import Method, Selection, register
@@ -12,8 +12,11 @@ class SlimGPT(Method):
 
     Args:
         damp: relative Hessian damping λ (``H += λ·mean(diag H)·I``); the released code's default 0.01.
-        exact_group_error: score a head by the exact OBS group error ``‖W_S U⁻¹‖²`` instead of the paper's
-            diagonal approximation (ours, not in the paper).
+        head_score: how heads (KV groups) are ranked, see :func:`slimgpt.pruning.obs.unit_scores`:
+            ``"cholesky"`` (the paper's grouped-Cholesky score), ``"exact"`` (the exact OBS group error
+            ``‖W_S U⁻¹‖²``; ours, not in the paper) or ``"diagonal"`` (per-column ``‖W_i‖² / Hinv_ii`` summed,
+            no grouped Cholesky: the paper's Table 5 ablation). FFN channels are single columns, for which
+            the three agree.
         ffn_max_group, ffn_min_group: Dynamic Group Size bounds (the released code: 1024 and 64); equal values
             give a fixed group size.
         head_step: heads removed per greedy step (the paper: 1).
@@ -28,7 +31,7 @@ class SlimGPT(Method):
     def __init__(
         self,
         damp: float = 0.01,
-        exact_group_error: bool = False,
+        head_score: str = "cholesky",
         ffn_max_group: int = 1024,
         ffn_min_group: int = 64,
         head_step: int = 1,
@@ -38,9 +41,11 @@ class SlimGPT(Method):
             raise ValueError(f"damp must be >= 0, got {damp}")
         if head_step < 1:
             raise ValueError(f"head_step must be >= 1, got {head_step}")
+        if head_score not in HEAD_SCORES:
+            raise ValueError(f"head_score must be one of {HEAD_SCORES}, got {head_score!r}")
         dynamic_group_sizes(1, ffn_max_group, ffn_min_group)  # validates the bounds
         self.damp = damp
-        self.exact = exact_group_error
+        self.head_score = head_score
         self.ffn_max_group, self.ffn_min_group = ffn_max_group, ffn_min_group
         self.head_step = head_step
         if inverse_refresh < 1:
@@ -57,7 +62,7 @@ class SlimGPT(Method):
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
         result = obs_prune(
             block.out_proj.weight, stats.hessian, block.units, self.steps(block, num_remove),
-            exact=self.exact and block.kind == "attention", damp=self.damp, refresh_every=self.inverse_refresh,
+            score=self.head_score if block.kind == "attention" else "cholesky", damp=self.damp, refresh_every=self.inverse_refresh,
         )
         info = {"obs_error": result.error, "damp": result.damp, "steps": result.steps}
         return Selection(result.removed, weight=result.weight, info=info)
