@@ -19,6 +19,7 @@ Writes ``<out>/<study>.md`` (the study table, then the full ``slimgpt-report`` t
 
 import argparse
 import math
+import statistics
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -213,30 +214,41 @@ HEAD_SCORE_LABELS = {
 
 def ablation(records: list[dict], out: Path) -> str:
     """Head score (grouped Cholesky, exact group error, plain diagonal) × FFN group size: perplexity, OBS errors
-    and prune time per variant."""
+    and prune time per variant and calibration seed; with several seeds, also the mean and range per variant
+    (the bars show the mean)."""
     key = ppl_key(records)
     dense = dense_metric(records, key)
-    rows, ppls = [], {}
+    rows, by_variant = [], {}
     order = {name: i for i, name in enumerate(HEAD_SCORE_LABELS)}
     for record in sorted(records, key=lambda r: (order.get(spec(r, "pruner.options.head_score"), len(order)),
-                                                 -(spec(r, "pruner.options.ffn_min_group") or 0))):
+                                                 -(spec(r, "pruner.options.ffn_min_group") or 0),
+                                                 spec(r, "calib.seed") or 0)):
         report = prune_report(record)
         score = spec(record, "pruner.options.head_score")
         low, high = spec(record, "pruner.options.ffn_min_group"), spec(record, "pruner.options.ffn_max_group")
         ffn = f"fixed {high}" if low == high else f"dynamic {high}→{low}"
         heads = HEAD_SCORE_LABELS.get(score, str(score))
-        ppl = metric(record, key)
-        rows.append([heads, ffn, _millions(report["params_after"]), ppl, _layer_sum(report, "attention", "obs_error"),
+        ppl, head_error = metric(record, key), _layer_sum(report, "attention", "obs_error")
+        rows.append([heads, ffn, spec(record, "calib.seed"), _millions(report["params_after"]), ppl, head_error,
                      _layer_sum(report, "mlp", "obs_error"), _layer_sum(report, "mlp", "steps"),
                      round(report["seconds"])])
-        ppls[f"{score} / {ffn}"] = ppl
+        by_variant.setdefault((heads, ffn, f"{score} / {ffn}"), []).append((ppl, head_error))
     caption = "Scaled: " + _settings(records[0]) + "."
-    plots.plot_bars(ppls, out / "ablation_ppl.png", ylabel=key, reference=dense,
-                    title="Head score × FFN group size", caption=caption)
-    header = ["head score", "FFN groups", "params", key, "Σ head OBS error", "Σ FFN OBS error", "FFN OBS steps",
-              "prune s"]
+    means = {label: statistics.fmean(p for p, _ in runs) for (_, _, label), runs in by_variant.items()}
+    several = any(len(runs) > 1 for runs in by_variant.values())
+    plots.plot_bars(means, out / "ablation_ppl.png", ylabel=key + (" (mean over seeds)" if several else ""),
+                    reference=dense, title="Head score × FFN group size", caption=caption)
+    header = ["head score", "FFN groups", "calib seed", "params", key, "Σ head OBS error", "Σ FFN OBS error",
+              "FFN OBS steps", "prune s"]
+    text = markdown_table(header, rows)
+    if several:
+        summary = [[heads, ffn, len(runs), statistics.fmean(p for p, _ in runs), min(p for p, _ in runs),
+                    max(p for p, _ in runs), statistics.fmean(e for _, e in runs)]
+                   for (heads, ffn, _), runs in by_variant.items()]
+        text += "\n\nPer variant, over calibration seeds:\n\n" + markdown_table(
+            ["head score", "FFN groups", "seeds", f"mean {key}", "min", "max", "mean Σ head OBS error"], summary)
     dense_line = f"\n\nDense {key}: {dense:.4g}." if dense is not None else ""
-    return markdown_table(header, rows) + dense_line + "\n\n" + caption
+    return text + dense_line + "\n\n" + caption
 
 
 ZEROSHOT_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")

@@ -35,6 +35,8 @@ WITH_ZEROSHOT = {"paper_fig3_samples"}
 #: Table 6's 50% of the decoder layers needs ≈85% of the tiny model's last layer under the linear schedules
 #: (4 layers of 2 KV groups): the smoke run uses a quarter instead.
 SMOKE_EXTRA = {"table1": ["schedule=uniform"], "table6": ["pruner.ratio=0.25"]}
+#: Recovery values of the sweeps swapped for the tiny model's few-step LoRA (same code path, seconds).
+SMOKE_SWAP = {"finetune=lora_cpu": "finetune=lora_tiny"}
 
 
 def sweep_axes(sweep: str) -> list[list[str]]:
@@ -71,6 +73,7 @@ def test_every_paper_study_runs_in_smoke_mode_and_draws_its_figures(study, tmp_p
     for sweep in sweeps:
         smoke = (["debug=default"] if sweep in WITH_ZEROSHOT else SMOKE) + SMOKE_EXTRA.get(study, [])
         for point in covering_points(sweep):
+            point = [SMOKE_SWAP.get(override, override) for override in point]
             run_dir = run_point([f"experiment={experiment}", f"sweep={sweep}", *smoke, *point], tmp_path, index)
             record = read_json(run_dir / "results.json")
             assert record["status"] == "done"
@@ -153,6 +156,21 @@ def test_plot_functions_write_png_files(tmp_path):
 def test_plot_functions_reject_bad_input_with_a_clear_message(call, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         call(tmp_path)
+
+
+def test_ablation_table_summarises_calibration_seeds(tmp_path):
+    """Repeats of a variant with other calibration seeds are rows of their own plus a mean/min/max line."""
+    ppls = []
+    for seed in (0, 1):
+        run_dir = run_point(["experiment=paper_ablation", *SMOKE, f"calib.seed={seed}"], tmp_path, seed)
+        final = next(e for e in read_json(run_dir / "results.json")["evaluations"] if e["role"] == "final")
+        ppls.append(final["metrics"]["ppl/wiki"])
+    assert ppls[0] != ppls[1]  # another calibration draw prunes differently
+    table = figures_cli.make_study("ablation", [tmp_path / "runs"], tmp_path / "figures")
+    summary = table.split("over calibration seeds")[1].splitlines()[4]
+    cells = [c.strip() for c in summary.strip("|").split("|")]
+    assert cells[2] == "2" and float(cells[3]) == pytest.approx(sum(ppls) / 2, rel=1e-3)
+    assert float(cells[4]) == pytest.approx(min(ppls), rel=1e-3) and float(cells[5]) == pytest.approx(max(ppls), rel=1e-3)
 
 
 def test_figures_load_each_evaluated_model_once(tmp_path):
