@@ -3,7 +3,9 @@ in smoke mode (``debug=default``: tiny random model, tiny data), its sweep point
 ``slimgpt-figures`` turns the results into a table and PNG figures. The plot functions draw real PNGs.
 """
 
+import ast
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,19 @@ def test_ablation_table_summarises_calibration_seeds(tmp_path):
     cells = [c.strip() for c in summary.strip("|").split("|")]
     assert cells[2] == "2" and float(cells[3]) == pytest.approx(sum(ppls) / 2, rel=1e-3)
     assert float(cells[4]) == pytest.approx(min(ppls), rel=1e-3) and float(cells[5]) == pytest.approx(max(ppls), rel=1e-3)
+
+
+@pytest.mark.parametrize("notebook", sorted((CONF_DIR.parent / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_are_stripped_and_hold_no_logic(notebook):
+    """Notebooks only load results and draw them with slimgpt.figures_cli / slimgpt.plots: outputs stripped,
+    no functions or classes of their own, every code cell valid Python."""
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [cell for cell in cells if cell["cell_type"] == "code"]
+    assert code, "a notebook without code"
+    for cell in code:
+        assert cell["outputs"] == [] and cell["execution_count"] is None
+        tree = ast.parse("".join(cell["source"]))
+        assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda)) for n in ast.walk(tree))
 
 
 def test_figures_load_each_evaluated_model_once(tmp_path):
