@@ -121,14 +121,22 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _settings(record: dict) -> str:
-    """One line of the scaled settings (model, calibration, perplexity prefix) for captions."""
-    calib = record["specs"]["calib"]
+def _settings(record: dict, calib: bool = True) -> str:
+    """One line of the scaled settings (model, calibration unless ``calib=False``, perplexity prefix, and "no
+    recovery" when calibration is included) for captions."""
+    spec_calib = record["specs"]["calib"]
     ppl = record["specs"]["eval"].get("perplexity") or {}
     tokens = ppl.get("max_tokens") or "all"
-    return (f"{record['specs']['model']['name']}, calibration {calib['source']} {calib['num_samples']}×"
-            f"{calib['seq_len']} tokens, perplexity on {tokens} tokens of the {ppl.get('split', '?')} split "
-            f"(seq_len {ppl.get('seq_len', '?')}), no recovery")
+    calibration = (f", calibration {spec_calib['source']} {spec_calib['num_samples']}×{spec_calib['seq_len']} "
+                   f"tokens" if calib else "")
+    return (f"{record['specs']['model']['name']}{calibration}, perplexity on {tokens} tokens of the "
+            f"{ppl.get('split', '?')} split (seq_len {ppl.get('seq_len', '?')})" + (", no recovery" if calib else ""))
+
+
+def _most_common(values: Iterable) -> object | None:
+    """The most frequent value (None for no values)."""
+    values = list(values)
+    return max(set(values), key=values.count) if values else None
 
 
 def _millions(n: float | None) -> str | None:
@@ -318,12 +326,23 @@ def fig3(records: list[dict], out: Path) -> str:
     """Figure 3: perplexity (and zero-shot average) vs calibration sample count and sequence length."""
     key = ppl_key(records)
     rows, by_axis = [], {"samples": {}, "seq_len": {}}
+    # each sweep holds one calibration value fixed; a run at both fixed values (e.g. 32×256) is a point of both
+    # curves even though it is loaded once (the run cache serves it to the second sweep)
+    fixed_len = _most_common(spec(r, "calib.seq_len") for r in records if r.get("group") == "paper_fig3_samples")
+    fixed_n = _most_common(spec(r, "calib.num_samples") for r in records if r.get("group") == "paper_fig3_seqlen")
     for record in records:
         n, length = spec(record, "calib.num_samples"), spec(record, "calib.seq_len")
-        axis = "samples" if record.get("group") == "paper_fig3_samples" else "seq_len"
-        by_axis[axis][n if axis == "samples" else length] = (metric(record, key), metric(record, "zeroshot/avg"))
-        rows.append([n, length, n * length, metric(record, key), metric(record, "zeroshot/avg")])
-    caption = "Scaled: " + _settings(records[0]).replace(", no recovery", "") + "; no recovery."
+        point = (metric(record, key), metric(record, "zeroshot/avg"))
+        on_samples = length == fixed_len if fixed_len is not None else record.get("group") == "paper_fig3_samples"
+        on_seq_len = n == fixed_n if fixed_n is not None else not on_samples
+        if on_samples:
+            by_axis["samples"][n] = point
+        if on_seq_len:
+            by_axis["seq_len"][length] = point
+        rows.append([n, length, n * length, *point])
+    calib = records[0]["specs"]["calib"]["source"]
+    caption = (f"Scaled: {_settings(records[0], calib=False)}; calibration: {calib} windows (samples × seq_len as in "
+               f"the table); no recovery.")
     for axis, label in (("samples", "calibration samples"), ("seq_len", "calibration sequence length")):
         points = by_axis[axis]
         if not points:
