@@ -351,8 +351,9 @@ def fig3(records: list[dict], out: Path) -> str:
         series = {key: (xs, [points[x][0] for x in xs])}
         plots.plot_xy(series, out / f"fig3_{axis}_ppl.png", xlabel=label, ylabel=key, logx=True,
                       title=f"Perplexity vs {label} (Figure 3)", caption=caption)
-        if all(points[x][1] is not None for x in xs):
-            plots.plot_xy({"zero-shot avg": (xs, [points[x][1] for x in xs])}, out / f"fig3_{axis}_zeroshot.png",
+        scored = [x for x in xs if points[x][1] is not None]  # runs evaluated with zero-shot
+        if len(scored) >= 2:
+            plots.plot_xy({"zero-shot avg": (scored, [points[x][1] for x in scored])}, out / f"fig3_{axis}_zeroshot.png",
                           xlabel=label, ylabel="accuracy", logx=True, caption=caption,
                           title=f"Zero-shot average vs {label} (Figure 3)")
     rows.sort(key=lambda row: (row[0], row[1]))
