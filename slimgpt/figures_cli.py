@@ -279,8 +279,10 @@ def table1(records: list[dict], out: Path) -> str:
                      *_task_cells(dense, tasks, "dense")])
     ppl_series: dict[str, tuple[list, list]] = {}
     zs_series: dict[str, tuple[list, list]] = {}
-    for record in sorted(records, key=lambda r: (spec(r, "pruner.ratio"), spec(r, "pruner.method"), _tuned(r))):
-        report, method = prune_report(record), spec(record, "pruner.method")
+    common_schedule = _most_common(spec(r, "schedule.name") for r in records)
+    for record in sorted(records, key=lambda r: (spec(r, "pruner.ratio"), _method_label(r, common_schedule),
+                                                 _tuned(r))):
+        report, method = prune_report(record), _method_label(record, common_schedule)
         label = f"{method} {'+LoRA' if _tuned(record) else 'w/o tune'}"
         achieved, avg = report["achieved_ratio"], metric(record, "zeroshot/avg")
         rows.append([f"{spec(record, 'pruner.ratio'):.0%}", method, "LoRA" if _tuned(record) else "no",
@@ -304,6 +306,18 @@ def table1(records: list[dict], out: Path) -> str:
                       title="Zero-shot average vs pruning ratio (Table 1)", caption=caption)
     header = ["ratio", "method", "tune", "params", key, *tasks, "avg"] + (["avg w/o BoolQ"] if _no_boolq(tasks) else [])
     return markdown_table(header, rows) + "\n\n" + caption
+
+
+def _method_label(record: dict, common_schedule: str | None) -> str:
+    """The method's name, plus its schedule and layer range where they differ from the table's usual setting
+    (e.g. LLM-Pruner in its own setting: ``llm_pruner (uniform, layers 4-27)``)."""
+    extras = []
+    if spec(record, "schedule.name") != common_schedule:
+        extras.append(str(spec(record, "schedule.name")))
+    layer_range = spec(record, "pruner.options.layer_range")
+    if layer_range:
+        extras.append(f"layers {layer_range[0]}-{layer_range[1] - 1}")
+    return spec(record, "pruner.method") + (f" ({', '.join(extras)})" if extras else "")
 
 
 def _no_boolq(tasks: list[str]) -> list[str]:
