@@ -242,8 +242,9 @@ def ablation(records: list[dict], out: Path) -> str:
                      round(report["seconds"])])
         by_variant.setdefault((heads, ffn, f"{score} / {ffn}"), []).append((ppl, head_error))
     caption = "Scaled: " + _settings(records[0]) + "."
-    means = {label: statistics.fmean(p for p, _ in runs) for (_, _, label), runs in by_variant.items()}
     several = any(len(runs) > 1 for runs in by_variant.values())
+    means = {label + (f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if several else ""): statistics.fmean(p for p, _ in runs)
+             for (_, _, label), runs in by_variant.items()}
     plots.plot_bars(means, out / "ablation_ppl.png", ylabel=key + (" (mean over seeds)" if several else ""),
                     reference=dense, title="Head score × FFN group size", caption=caption)
     header = ["head score", "FFN groups", "calib seed", "params", key, "Σ head OBS error", "Σ FFN OBS error",
@@ -279,15 +280,18 @@ def table1(records: list[dict], out: Path) -> str:
                      *_task_cells(dense, tasks, "dense")])
     ppl_series: dict[str, tuple[list, list]] = {}
     zs_series: dict[str, tuple[list, list]] = {}
+    rest_series: dict[str, tuple[list, list]] = {}  # average without BoolQ
     common_schedule = _most_common(spec(r, "schedule.name") for r in records)
     for record in sorted(records, key=lambda r: (spec(r, "pruner.ratio"), _method_label(r, common_schedule),
                                                  _tuned(r))):
         report, method = prune_report(record), _method_label(record, common_schedule)
         label = f"{method} {'+LoRA' if _tuned(record) else 'w/o tune'}"
         achieved, avg = report["achieved_ratio"], metric(record, "zeroshot/avg")
+        cells = _task_cells(record, tasks)
         rows.append([f"{spec(record, 'pruner.ratio'):.0%}", method, "LoRA" if _tuned(record) else "no",
-                     _millions(report["params_after"]), metric(record, key), *_task_cells(record, tasks)])
-        for series, value in ((ppl_series, metric(record, key)), (zs_series, avg)):
+                     _millions(report["params_after"]), metric(record, key), *cells])
+        rest = cells[-1] if _no_boolq(tasks) else None
+        for series, value in ((ppl_series, metric(record, key)), (zs_series, avg), (rest_series, rest)):
             if value is not None:
                 xs, ys = series.setdefault(label, ([], []))
                 xs.append(achieved)
@@ -304,6 +308,11 @@ def table1(records: list[dict], out: Path) -> str:
                       ylabel="7-task zero-shot average" if len(tasks) == 7 else "zero-shot average",
                       reference=None if dense is None else metric(dense, "zeroshot/avg", "dense"),
                       title="Zero-shot average vs pruning ratio (Table 1)", caption=caption)
+    if rest_series:
+        plots.plot_xy(rest_series, out / "table1_zeroshot_no_boolq.png", xlabel="fraction of total parameters removed",
+                      ylabel="zero-shot average without BoolQ",
+                      reference=None if dense is None else _task_cells(dense, tasks, "dense")[-1],
+                      title="Zero-shot average without BoolQ vs pruning ratio", caption=caption)
     header = ["ratio", "method", "tune", "params", key, *tasks, "avg"] + (["avg w/o BoolQ"] if _no_boolq(tasks) else [])
     return markdown_table(header, rows) + "\n\n" + caption
 
