@@ -21,11 +21,13 @@ import argparse
 import math
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import plots
 from .runner.report import collect, find_results, to_markdown
+from .eval.zeroshot import TASKS as ZEROSHOT_TASKS
 from .runner.results import read_json
 
 # ----------------------------------------------------------------------------------------------- extraction
@@ -134,9 +136,9 @@ def _settings(record: dict, calib: bool = True) -> str:
 
 
 def _most_common(values: Iterable) -> object | None:
-    """The most frequent value (None for no values)."""
-    values = list(values)
-    return max(set(values), key=values.count) if values else None
+    """The most frequent value, the first seen on a tie (None for no values)."""
+    counts = Counter(values)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def _millions(n: float | None) -> str | None:
@@ -243,8 +245,8 @@ def ablation(records: list[dict], out: Path) -> str:
         by_variant.setdefault((heads, ffn, f"{score} / {ffn}"), []).append((ppl, head_error))
     caption = "Scaled: " + _settings(records[0]) + "."
     several = any(len(runs) > 1 for runs in by_variant.values())
-    means = {label + (f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if several else ""): statistics.fmean(p for p, _ in runs)
-             for (_, _, label), runs in by_variant.items()}
+    means = {label + (f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if several else ""):
+             statistics.fmean(p for p, _ in runs) for (_, _, label), runs in by_variant.items()}
     plots.plot_bars(means, out / "ablation_ppl.png", ylabel=key + (" (mean over seeds)" if several else ""),
                     reference=dense, title="Head score × FFN group size", caption=caption)
     header = ["head score", "FFN groups", "calib seed", "params", key, "Σ head OBS error", "Σ FFN OBS error",
@@ -258,9 +260,6 @@ def ablation(records: list[dict], out: Path) -> str:
             ["head score", "FFN groups", "seeds", f"mean {key}", "min", "max", "mean Σ head OBS error"], summary)
     dense_line = f"\n\nDense {key}: {dense:.4g}." if dense is not None else ""
     return text + dense_line + "\n\n" + caption
-
-
-ZEROSHOT_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
 
 def _tuned(record: dict) -> bool:
@@ -309,11 +308,11 @@ def table1(records: list[dict], out: Path) -> str:
                       reference=None if dense is None else metric(dense, "zeroshot/avg", "dense"),
                       title="Zero-shot average vs pruning ratio (Table 1)", caption=caption)
     if rest_series:
-        plots.plot_xy(rest_series, out / "table1_zeroshot_no_boolq.png", xlabel="fraction of total parameters removed",
-                      ylabel="zero-shot average without BoolQ",
+        plots.plot_xy(rest_series, out / "table1_zeroshot_no_boolq.png", ylabel="zero-shot average without BoolQ",
+                      xlabel="fraction of total parameters removed",
                       reference=None if dense is None else _task_cells(dense, tasks, "dense")[-1],
                       title="Zero-shot average without BoolQ vs pruning ratio", caption=caption)
-    header = ["ratio", "method", "tune", "params", key, *tasks, "avg"] + (["avg w/o BoolQ"] if _no_boolq(tasks) else [])
+    header = ["ratio", "method", "tune", "params", key, *tasks, "avg", *(["avg w/o BoolQ"] if _no_boolq(tasks) else [])]
     return markdown_table(header, rows) + "\n\n" + caption
 
 
@@ -376,8 +375,9 @@ def fig3(records: list[dict], out: Path) -> str:
                       title=f"Perplexity vs {label} (Figure 3)", caption=caption)
         scored = [x for x in xs if points[x][1] is not None]  # runs evaluated with zero-shot
         if len(scored) >= 2:
-            plots.plot_xy({"zero-shot avg": (scored, [points[x][1] for x in scored])}, out / f"fig3_{axis}_zeroshot.png",
-                          xlabel=label, ylabel="accuracy", logx=True, caption=caption,
+            plots.plot_xy({"zero-shot avg": (scored, [points[x][1] for x in scored])},
+                          out / f"fig3_{axis}_zeroshot.png", xlabel=label, ylabel="accuracy", logx=True,
+                          caption=caption,
                           title=f"Zero-shot average vs {label} (Figure 3)")
     rows.sort(key=lambda row: (row[0], row[1]))
     return markdown_table(["samples", "seq_len", "tokens", key, "zero-shot avg"], rows) + "\n\n" + caption

@@ -11,8 +11,9 @@ Removing a column set ``S`` with the OBS update (eq. 3 of the paper, the group f
 where ``Hinv`` is the inverse Hessian of the columns still alive. Batched Greedy Pruning (§3.1) scores every
 unit through one batched Cholesky factorisation of its diagonal ``Hinv`` block ``Hinv_SS = Uᵀ U`` (upper, the
 GPTQ convention): the paper's score keeps the diagonal terms ``Σ_i ‖W[:, i]‖² / U_ii²``; the exact group
-error is ``‖W_S U⁻¹‖²_F`` (an option here, not in the paper). The plain diagonal score ``Σ_i ‖W[:, i]‖² / Hinv_ii``
-(each column's single-column OBS error, summed: no grouped Cholesky) is the paper's Table 5 ablation.
+error is ``‖W_S U⁻¹‖²_F`` (an option here, not in the paper). The plain diagonal score
+``Σ_i ‖W[:, i]‖² / Hinv_ii`` (each column's single-column OBS error, summed: no grouped Cholesky) is the paper's
+Table 5 ablation.
 """
 
 from dataclasses import dataclass, field

@@ -14,8 +14,8 @@ class SlimGPT(Method):
         damp: relative Hessian damping λ (``H += λ·mean(diag H)·I``); the released code's default 0.01.
         head_score: how heads (KV groups) are ranked, see :func:`slimgpt.pruning.obs.unit_scores`:
             ``"cholesky"`` (the paper's grouped-Cholesky score), ``"exact"`` (the exact OBS group error
-            ``‖W_S U⁻¹‖²``; ours, not in the paper) or ``"diagonal"`` (per-column ``‖W_i‖² / Hinv_ii`` summed,
-            no grouped Cholesky: the paper's Table 5 ablation). FFN channels are single columns, for which
+            ``‖W_S U⁻¹‖²``; ours, not in the paper) or ``"diagonal"`` (per-column ``‖W_i‖² / Hinv_ii``
+            summed, no grouped Cholesky: the paper's Table 5 ablation). FFN channels are single columns, for which
             the three agree.
         ffn_max_group, ffn_min_group: Dynamic Group Size bounds (the released code: 1024 and 64); equal values
             give a fixed group size.
@@ -62,7 +62,8 @@ class SlimGPT(Method):
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
         result = obs_prune(
             block.out_proj.weight, stats.hessian, block.units, self.steps(block, num_remove),
-            score=self.head_score if block.kind == "attention" else "cholesky", damp=self.damp, refresh_every=self.inverse_refresh,
+            score=self.head_score if block.kind == "attention" else "cholesky", damp=self.damp,
+            refresh_every=self.inverse_refresh,
         )
         info = {"obs_error": result.error, "damp": result.damp, "steps": result.steps}
         return Selection(result.removed, weight=result.weight, info=info)
