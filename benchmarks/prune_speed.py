@@ -9,7 +9,8 @@ Measures, on this machine, for each ratio:
 
     python benchmarks/prune_speed.py --model smollm2-135m --ratios 0.2 0.5 --samples 64 --seq-len 256
 
-Writes a markdown table to ``benchmarks/results/prune_speed_<model>.md`` (atomically) and prints it.
+Writes a markdown table to ``benchmarks/results/prune_speed_<model>.md`` (atomically), prints it, and draws
+``prune_speed_<model>.png`` (weights and latency as % of dense per ratio).
 """
 
 import argparse
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 import slimgpt
+from slimgpt import plots
 
 
 def dense_forward_seconds(model, calibration: torch.Tensor, batch_size: int) -> float:
@@ -100,6 +102,17 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as f:
         f.write(text)
     os.replace(f.name, args.out / f"prune_speed_{Path(args.model).name}.md")
+    figure(rows, args.out / f"prune_speed_{Path(args.model).name}.png", text.split("\n\n")[0])
+
+
+def figure(rows: list[dict], out: Path, caption: str) -> None:
+    """Pruned-model weight memory and generation latency as % of dense, per ratio (paper Table 4's view)."""
+    values = {}
+    for r in rows:
+        values[f"{r['ratio']:.0%} weights"] = 100 * r["mem"] / r["mem_dense"]
+        values[f"{r['ratio']:.0%} latency"] = 100 * r["gen_s"] / r["gen_dense_s"]
+    plots.plot_bars(values, out, ylabel="% of the dense model", reference=100.0,
+                    title="Pruned model: weight memory and generation latency vs dense", caption=caption)
 
 
 if __name__ == "__main__":
