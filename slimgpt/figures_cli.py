@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import plots
-from .runner.report import collect, find_results, to_markdown
 from .eval.zeroshot import TASKS as ZEROSHOT_TASKS
+from .runner.report import collect, find_results, to_markdown
 from .runner.results import read_json
 
 # ----------------------------------------------------------------------------------------------- extraction
@@ -124,15 +124,15 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def _settings(record: dict, calib: bool = True) -> str:
-    """One line of the scaled settings (model, calibration unless ``calib=False``, perplexity prefix, and "no
-    recovery" when calibration is included) for captions."""
+    """One line of the scaled settings (model, calibration unless ``calib=False``, perplexity prefix) for
+    captions; studies without a recovery stage add ", no recovery"."""
     spec_calib = record["specs"]["calib"]
     ppl = record["specs"]["eval"].get("perplexity") or {}
     tokens = ppl.get("max_tokens") or "all"
     calibration = (f", calibration {spec_calib['source']} {spec_calib['num_samples']}×{spec_calib['seq_len']} "
                    f"tokens" if calib else "")
     return (f"{record['specs']['model']['name']}{calibration}, perplexity on {tokens} tokens of the "
-            f"{ppl.get('split', '?')} split (seq_len {ppl.get('seq_len', '?')})" + (", no recovery" if calib else ""))
+            f"{ppl.get('split', '?')} split (seq_len {ppl.get('seq_len', '?')})")
 
 
 def _most_common(values: Iterable) -> object | None:
@@ -164,7 +164,8 @@ def fig2(records: list[dict], out: Path) -> str:
         rows.append([f"{share:.1%}", f"{report['achieved_ratio']:.2%}", f"{first['heads'][1]}/{first['heads'][0]}",
                      f"{first['ffn'][1]}/{first['ffn'][0]}", ppl, None if dense is None else ppl / dense,
                      errors[0], errors[-1], None if not errors[0] else errors[-1] / errors[0]])
-    caption = "Scaled: " + _settings(records[0]) + "; only layer 0 pruned (uniform inside layer_range (0, 1))."
+    caption = ("Scaled: " + _settings(records[0]) +
+               ", no recovery; only layer 0 pruned (uniform inside layer_range (0, 1)).")
     plots.plot_layer_curves(curves, out / "fig2_layer_error.png", ylabel="‖y − y_dense‖² / ‖y_dense‖²", logy=True,
                             title="Pruning only layer 0: output error vs depth (Figure 2)", caption=caption)
     header = ["layer 0 pruned", "total ratio", "heads left", "FFN left", key, f"{key} / dense", "error layer 0",
@@ -193,7 +194,7 @@ def table6(records: list[dict], out: Path) -> str:
         ppls[name] = ppl
     if len(prune_report(records[0])["layers"]) >= 7:  # LLM-Pruner's range keeps 4 + 2 layers dense
         ratios["LLM-Pruner (uniform in its layer range)"] = llm_pruner_layer_ratios(prune_report(records[0]))
-    caption = "Scaled: " + _settings(records[0]) + "."
+    caption = "Scaled: " + _settings(records[0]) + ", no recovery."
     plots.plot_layer_curves(ratios, out / "fig4_layer_ratios.png", ylabel="fraction of the layer's parameters removed",
                             steps=True, title="Per-layer pruning ratio at the same total budget (Figure 4)",
                             caption=caption)
@@ -243,7 +244,7 @@ def ablation(records: list[dict], out: Path) -> str:
                      _layer_sum(report, "mlp", "obs_error"), _layer_sum(report, "mlp", "steps"),
                      round(report["seconds"])])
         by_variant.setdefault((heads, ffn, f"{score} / {ffn}"), []).append((ppl, head_error))
-    caption = "Scaled: " + _settings(records[0]) + "."
+    caption = "Scaled: " + _settings(records[0]) + ", no recovery."
     several = any(len(runs) > 1 for runs in by_variant.values())
     means = {label + (f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if several else ""):
              statistics.fmean(p for p, _ in runs) for (_, _, label), runs in by_variant.items()}
@@ -274,9 +275,10 @@ def table1(records: list[dict], out: Path) -> str:
     tasks = [t for t in ZEROSHOT_TASKS if any(metric(r, f"zeroshot/{t}") is not None for r in records)]
     dense = next((r for r in records if metric(r, key, "dense") is not None), None)
     rows = []
+    dense_cells = None if dense is None else _task_cells(dense, tasks, "dense")
     if dense is not None:
         rows.append(["0%", "dense", "", _millions(metric(dense, "params", "dense")), metric(dense, key, "dense"),
-                     *_task_cells(dense, tasks, "dense")])
+                     *dense_cells])
     ppl_series: dict[str, tuple[list, list]] = {}
     zs_series: dict[str, tuple[list, list]] = {}
     rest_series: dict[str, tuple[list, list]] = {}  # average without BoolQ
@@ -295,7 +297,7 @@ def table1(records: list[dict], out: Path) -> str:
                 xs, ys = series.setdefault(label, ([], []))
                 xs.append(achieved)
                 ys.append(value)
-    settings = _settings(records[0]).replace(", no recovery", "")
+    settings = _settings(records[0])
     limit = spec(records[0], "eval.zeroshot.limit")
     caption = f"Scaled: {settings}" + (f"; zero-shot on the first {limit} questions per task" if tasks and limit
                                        else "") + "."
@@ -310,7 +312,7 @@ def table1(records: list[dict], out: Path) -> str:
     if rest_series:
         plots.plot_xy(rest_series, out / "table1_zeroshot_no_boolq.png", ylabel="zero-shot average without BoolQ",
                       xlabel="fraction of total parameters removed",
-                      reference=None if dense is None else _task_cells(dense, tasks, "dense")[-1],
+                      reference=None if dense_cells is None else dense_cells[-1],
                       title="Zero-shot average without BoolQ vs pruning ratio", caption=caption)
     header = ["ratio", "method", "tune", "params", key, *tasks, "avg", *(["avg w/o BoolQ"] if _no_boolq(tasks) else [])]
     return markdown_table(header, rows) + "\n\n" + caption
