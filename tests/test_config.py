@@ -140,9 +140,12 @@ def test_unknown_top_level_key_is_rejected(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("pruner.ratio=1.5", r"pruner.ratio=1.5 must lie in \[0, 1\)"),
+        ("pruner.ratio=1.5", r"invalid 'pruner' config: ratio must be in \[0, 1\), got 1.5"),
+        ("pruner.ratio=abc", r"invalid 'pruner' config: ratio must be in \[0, 1\), got 'abc'"),
+        ("pruner.engine.head_granularity=head", r"unknown head_granularity 'head'; choose one of kv_group"),
+        ("+pruner.options.dampp=0.1", r"unknown option\(s\) dampp for method 'slimgpt'; its options are: damp"),
         ("stages=[prune,evaluate]", r"unknown stage 'evaluate'"),
-        ("schedule.name=cosine", r"schedule.name='cosine' is not one of"),
+        ("schedule.name=cosine", r"invalid 'schedule' config: unknown schedule 'cosine'; choose one of"),
         ("model.dtype=float8", r"model.dtype='float8' is not one of"),
         ("calib.num_samples=0", r"calib.num_samples must be a positive number, got 0"),
         ("eval.perplexity.seq_len=-1", r"eval.perplexity.seq_len must be a positive number"),
@@ -166,15 +169,20 @@ def test_debug_sizes_apply_to_the_selected_evaluations_only(tmp_path):
 
 @pytest.mark.parametrize("option", options("pruner"))
 def test_every_pruner_option_prunes_a_tiny_model_with_its_options(option):
-    """The YAML's method and options are accepted by ``slimgpt.prune`` and reach the target ratio."""
+    """The YAML's method, engine and method options build typed objects the engine runs to the target ratio."""
+    import dataclasses
+
     import torch
 
     import slimgpt
+    from slimgpt.pruning.engine import prune_model
+    from slimgpt.pruning.schedules import Schedule
     from slimgpt.testing import tiny_model
 
     spec = build_spec(compose_cfg(f"pruner={option}"), "pruner")
     model = slimgpt.as_slim(tiny_model(num_layers=2))
     calibration = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))  # [4, 32]
-    report = slimgpt.prune(model, calibration, spec.ratio, schedule="uniform", method=spec.method,
-                           **{**spec.options, "progress": False})
+    engine = dataclasses.replace(spec.engine, progress=False)
+    report = prune_model(model, calibration, spec.ratio, Schedule("uniform"), spec.options, engine, spec.ratio_of)
     assert report.method == spec.method and abs(report.achieved_ratio - spec.ratio) < 0.02
+    assert report.method_options == dataclasses.asdict(spec.options)  # the report records the typed options

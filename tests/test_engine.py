@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import slimgpt
-from slimgpt.pruning.engine import capture_inputs, forward_layer, run
+from slimgpt.pruning.engine import capture_inputs, forward_layer
 from slimgpt.pruning.methods.slimgpt import SlimGPT
 from slimgpt.pruning.structures import remove_channels, remove_heads
 from slimgpt.testing import replay_method, tiny_model
@@ -28,9 +28,9 @@ def test_ratio_zero_is_identity(family):
 
 def test_replaying_captured_inputs_equals_the_full_forward(family):
     model = _slim(family)
-    inps, kwargs = capture_inputs(model, IDS, batch_size=1, device=torch.device("cpu"))
+    inps, batches = capture_inputs(model, IDS, batch_size=1, device=torch.device("cpu"))
     for layer in model.model.layers:
-        forward_layer(layer, inps, kwargs)
+        forward_layer(layer, inps, batches)
     logits = model.lm_head(model.model.norm(inps))
     torch.testing.assert_close(logits, model(IDS).logits)
 
@@ -84,13 +84,14 @@ def test_obs_compensation_beats_plain_removal_on_a_layer():
     """Same units removed; OBS-compensated weights reconstruct the dense layer's output far better."""
     dense, compensated, plain = _slim(), _slim(), _slim()
     recorder = _Recording()
-    run(compensated, CALIB, 0.3, "uniform", recorder, batch_size=4, progress=False)
-    run(plain, CALIB, 0.3, "uniform", replay_method(recorder.log), batch_size=4, progress=False)
+    slimgpt.prune(compensated, CALIB, 0.3, "uniform", recorder, batch_size=4, progress=False)
+    slimgpt.prune(plain, CALIB, 0.3, "uniform", replay_method(recorder.log), batch_size=4, progress=False)
     assert compensated.config.layer_intermediate_sizes == plain.config.layer_intermediate_sizes
-    inps, kwargs = capture_inputs(dense, CALIB, batch_size=12, device=torch.device("cpu"))
-    target = dense.model.layers[0](inps, **kwargs[0])
+    inps, batches = capture_inputs(dense, CALIB, batch_size=12, device=torch.device("cpu"))
+    kwargs = batches[0][1]  # one batch holds every sample
+    target = dense.model.layers[0](inps, **kwargs)
     err = {
-        name: (model.model.layers[0](inps, **kwargs[0]) - target).pow(2).sum().item()
+        name: (model.model.layers[0](inps, **kwargs) - target).pow(2).sum().item()
         for name, model in (("obs", compensated), ("plain", plain))
     }
     assert err["obs"] < 0.8 * err["plain"]
@@ -137,7 +138,7 @@ def test_generation_with_kv_cache_matches_full_forward():
         (dict(ratio=0.9), "removes every head|>= 1|exceeds"),
         (dict(ratio=0.2, schedule="cosine"), "unknown schedule 'cosine'"),
         (dict(ratio=0.2, method="obs2"), "unknown pruning method 'obs2'"),
-        (dict(ratio=0.2, dampp=0.1), "bad option for method 'slimgpt'.*damp"),
+        (dict(ratio=0.2, dampp=0.1), r"unknown option\(s\) dampp for method 'slimgpt'; its options are: damp"),
         (dict(ratio=0.2, head_granularity="head"), "unknown head_granularity 'head'"),
         (dict(ratio=0.2, calibration=torch.randint(0, 256, (2, 600))), "exceeds the model's context 512"),
         (dict(ratio=0.2, calibration=torch.full((2, 8), 999)), r"token ids must be in \[0, 259\)"),

@@ -1,6 +1,6 @@
 """The one layer-wise pruning engine (every method runs through it).
 
-Per decoder layer, in this order (METHOD.md §2): collect statistics of ``o_proj``'s input, prune heads
+Per decoder layer, in this order (docs/method.md#the-layer-loop): collect statistics of ``o_proj``'s input, prune heads
 (OBS-compensated ``o_proj``, q/k/v rows deleted); collect statistics of ``down_proj``'s input *with the pruned
 attention*, prune channels (gate/up rows deleted); run the pruned layer on all samples — its outputs are the
 next layer's inputs, so errors propagate as in the paper. Inputs of layer 0 are captured once; only the
@@ -9,6 +9,7 @@ current layer lives on the compute device (layer offload). Statistics forwards s
 """
 
 import contextlib
+import dataclasses
 import resource
 import time
 
@@ -18,11 +19,11 @@ from tqdm.auto import tqdm
 
 from ..modeling import SlimGPTForCausalLM
 from .methods import Method, make_method
+from .options import EngineOptions, check_ratio
 from .report import LayerReport, PruneReport
-from .schedules import layer_ratios
+from .schedules import Schedule, layer_ratios
 from .stats import InputStats
 from .structures import (
-    HEAD_GRANULARITIES,
     Block,
     add_output_biases,
     attention_block,
@@ -35,111 +36,106 @@ from .structures import (
     removed_heads_of,
 )
 
-ENGINE_OPTIONS = ("first_ratio", "layer_range", "head_granularity", "batch_size", "device", "progress", "track_error")
-
-
 class _StopForward(Exception):
     """Raised by a hook once it has what it needs: the rest of the forward pass is skipped."""
+
+
+#: one calibration batch as the model passes it to its layers: the rows of the input buffer it covers and
+#: the keyword arguments of the layer call (position embeddings, attention mask, ...)
+Batch = tuple[slice, dict]
 
 
 def prune(
     model: SlimGPTForCausalLM,
     calibration: torch.Tensor,
     ratio: float,
-    schedule: str = "log_increase",
-    method: str = "slimgpt",
+    schedule: str | Schedule = "log_increase",
+    method: str | Method = "slimgpt",
+    ratio_of: str = "total",
+    first_ratio: float | None = None,
     **options,
 ) -> PruneReport:
-    """Prunes ``model`` in place to remove ``ratio`` of its total parameters.
+    """Prunes ``model`` in place to remove ``ratio`` of its parameters (the keyword form of :func:`prune_model`).
 
     Args:
         model: a ``SlimGPTForCausalLM`` (``slimgpt.load_model`` or ``slimgpt.as_slim`` give one).
         calibration: ``LongTensor[num_samples, seq_len]`` token ids (``slimgpt.calibration_data``).
-        ratio: fraction of *total* parameters to remove (embeddings count, though never pruned), in [0, 1).
-        schedule: layer-ratio schedule (``slimgpt.pruning.schedules.SCHEDULES``).
-        method: pruning method name (``slimgpt.pruning.METHODS``).
-        options: engine options ``first_ratio`` (schedule's least-pruned layer ratio), ``layer_range``
-            (``(start, end)``: only layers ``start <= i < end`` are pruned, as LLM-Pruner's default), ``head_granularity``
-            ("kv_group" | "query_head"), ``batch_size`` (calibration sequences per forward), ``device``
-            (compute device; default CUDA if available), ``progress``, ``track_error`` (also run the dense
-            model alongside and report each layer's relative output error ``‖y - y_dense‖² / ‖y_dense‖²``:
-            one more layer forward per layer, one more input buffer); every other option goes to the method.
+        ratio: fraction of the parameters to remove, in [0, 1): of the model's *total* parameters (embeddings
+            count, though never pruned; ``ratio_of="total"``, the paper's convention) or of the prunable
+            parameters of the pruned layers (``ratio_of="layers"``).
+        schedule: a :class:`~slimgpt.pruning.schedules.Schedule` or a schedule name (``SCHEDULES``);
+            ``first_ratio`` sets the ratio of its least-pruned layer.
+        method: a method object or a method name (``slimgpt.pruning.METHODS``).
+        options: the fields of :class:`~slimgpt.pruning.options.EngineOptions` (``head_granularity``,
+            ``layer_range``, ``batch_size``, ``device``, ``progress``, ``track_error``); every other option is a
+            field of the method's dataclass (e.g. ``damp`` for ``slimgpt``).
     Returns:
         a :class:`PruneReport`. All arguments are checked before any weight changes.
     """
-    engine = {k: options.pop(k) for k in list(options) if k in ENGINE_OPTIONS}
-    pruner = make_method(method, options)
-    return run(model, calibration, ratio, schedule, pruner, **engine)
+    engine = EngineOptions(**{k: options.pop(k) for k in list(options) if k in EngineOptions.names()})
+    if isinstance(method, str):
+        method = make_method(method, options)
+    elif options:
+        raise ValueError(f"unknown engine option(s) {', '.join(sorted(options))}; "
+                         f"engine options are: {', '.join(EngineOptions.names())}")
+    if not isinstance(schedule, Schedule):
+        schedule = Schedule(schedule, first_ratio)
+    elif first_ratio is not None:
+        raise ValueError("give first_ratio inside the Schedule object, not next to it")
+    return prune_model(model, calibration, ratio, schedule, method, engine, ratio_of)
 
 
-def run(
+def prune_model(
     model: SlimGPTForCausalLM,
     calibration: torch.Tensor,
     ratio: float,
-    schedule: str,
-    pruner: Method,
-    first_ratio: float | None = None,
-    layer_range: tuple[int, int] | None = None,
-    head_granularity: str = "kv_group",
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    track_error: bool = False,
+    schedule: Schedule,
+    method: Method,
+    engine: EngineOptions,
+    ratio_of: str = "total",
 ) -> PruneReport:
-    """:func:`prune` with a method object (see there)."""
-    check_inputs(model, calibration, ratio, head_granularity, batch_size)
+    """The layer loop: prunes ``model`` in place with typed options (see :func:`prune` for the arguments)."""
+    check_inputs(model, calibration, ratio, ratio_of)
+    pruner = method
     layers = model.model.layers
     weights = [layer_prunable_params(layer) for layer in layers]
     params_before = count_params(model)
-    ratios = plan_ratios(ratio * params_before, weights, schedule, first_ratio, layer_range)
-    check_feasible(model, ratios, head_granularity)
+    ratios = plan_ratios(ratio, ratio_of, params_before, weights, schedule, engine.layer_range)
+    check_feasible(model, ratios, engine.head_granularity)
     if pruner.adds_bias:
         add_output_biases(model)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(engine.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with _exact_fp32():
         pruner.prepare(model, calibration)
-        inps, batch_kwargs = capture_inputs(model, calibration, batch_size, device)
+        inps, batches = capture_inputs(model, calibration, engine.batch_size, device)
         capture_seconds = time.perf_counter() - start
-        dense_inps = inps.clone() if track_error else None
-        reports = [
-            prune_layer(layer, i, ratios[i], inps, batch_kwargs, pruner, head_granularity, device, dense_inps)
-            for i, layer in enumerate(tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not progress))
-        ]
+        dense_inps = inps.clone() if engine.track_error else None
+        progress = tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not engine.progress)
+        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine.head_granularity, device, dense_inps)
+                   for i, layer in enumerate(progress)]
     sync_config(model)
     peak, kind = _peak_memory(device)
     return PruneReport(
-        method=pruner.name, schedule=schedule, ratio=ratio, params_before=params_before,
-        params_after=count_params(model), prunable_before=sum(weights),
-        prunable_after=sum(layer_prunable_params(layer) for layer in layers), layers=reports,
-        seconds=time.perf_counter() - start, capture_seconds=capture_seconds, peak_memory_bytes=peak,
-        peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
-        options={"first_ratio": first_ratio, "layer_range": layer_range, "head_granularity": head_granularity,
-                 "batch_size": batch_size, **method_options(pruner)},
+        method=pruner.name, schedule=schedule.name, first_ratio=schedule.first_ratio, ratio=ratio,
+        ratio_of=ratio_of, params_before=params_before, params_after=count_params(model),
+        prunable_before=sum(weights), prunable_after=sum(layer_prunable_params(layer) for layer in layers),
+        layers=reports, seconds=time.perf_counter() - start, capture_seconds=capture_seconds,
+        peak_memory_bytes=peak, peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
+        engine=dataclasses.asdict(engine), method_options=pruner.options(),
     )
 
 
-def method_options(pruner: Method) -> dict:
-    """The method's plain (JSON-able) settings, for the report; internal state such as gradients is left out."""
-    plain = (bool, int, float, str, type(None))
-    return {k: v for k, v in vars(pruner).items() if not k.startswith("_") and isinstance(v, plain)}
-
-
-def check_inputs(model, calibration: torch.Tensor, ratio: float, granularity: str, batch_size: int) -> None:
+def check_inputs(model, calibration: torch.Tensor, ratio: float, ratio_of: str) -> None:
     """One clear error for each kind of bad input (before any weight changes)."""
     if not isinstance(model, SlimGPTForCausalLM):
         raise TypeError(
             f"prune needs a SlimGPTForCausalLM, got {type(model).__name__}: convert it with slimgpt.as_slim(model) "
             "(shares weights) or load it with slimgpt.load_model"
         )
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-    if granularity not in HEAD_GRANULARITIES:
-        raise ValueError(f"unknown head_granularity '{granularity}'; choose one of {', '.join(HEAD_GRANULARITIES)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_ratio(ratio, ratio_of)
     if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.dtype != torch.long:
         got = getattr(calibration, "shape", type(calibration).__name__)
         raise ValueError(f"calibration must be a LongTensor[num_samples, seq_len], got {got}")
@@ -154,23 +150,30 @@ def check_inputs(model, calibration: torch.Tensor, ratio: float, granularity: st
 
 
 def plan_ratios(
-    remove_params: float,
+    ratio: float,
+    ratio_of: str,
+    params_total: int,
     weights: list[int],
-    schedule: str,
-    first_ratio: float | None,
+    schedule: Schedule,
     layer_range: tuple[int, int] | None,
 ) -> list[float]:
-    """Per-layer ratios removing ``remove_params`` parameters from the layers in ``layer_range`` (all by default)."""
+    """Per-layer ratios removing ``ratio`` of ``params_total`` (``ratio_of="total"``) or of the prunable
+    parameters of the layers in ``layer_range`` (``"layers"``) from those layers (all by default).
+
+    Args:
+        weights: prunable parameter count of each decoder layer.
+    """
     n = len(weights)
     start, end = layer_range if layer_range is not None else (0, n)
-    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= n):
+    if not 0 <= start < end <= n:
         raise ValueError(f"layer_range must be (start, end) with 0 <= start < end <= {n}, got {layer_range!r}")
     inside = weights[start:end]
+    remove_params = ratio * (params_total if ratio_of == "total" else sum(inside))
     mean_ratio = remove_params / sum(inside)
     if mean_ratio >= 1:
         raise ValueError(f"removing {remove_params:,.0f} parameters exceeds every prunable parameter of layers "
                          f"{start}..{end - 1} ({sum(inside):,})")
-    return [0.0] * start + layer_ratios(schedule, mean_ratio, inside, first_ratio) + [0.0] * (n - end)
+    return [0.0] * start + layer_ratios(schedule, mean_ratio, inside) + [0.0] * (n - end)
 
 
 def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], granularity: str) -> None:
@@ -205,12 +208,13 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 @torch.no_grad()
 def capture_inputs(
     model: SlimGPTForCausalLM, calibration: torch.Tensor, batch_size: int, device: torch.device
-) -> tuple[torch.Tensor, list[dict]]:
+) -> tuple[torch.Tensor, list[Batch]]:
     """Runs the calibration set up to decoder layer 0 and returns what it receives.
 
     Returns:
-        ``inps: [num_samples, seq_len, hidden]`` (model dtype, on ``device``) and, per batch, the keyword
-        arguments the model passes to its layers (position embeddings, mask, ...).
+        ``inps: [num_samples, seq_len, hidden]`` (model dtype, on ``device``) and the batches: each one's
+        rows of ``inps`` with the keyword arguments the model passes to its layers (position embeddings,
+        mask, ...). Every later forward replays exactly these batches (a mask is shaped for its batch).
     """
     base = model.model
     parts = [base.embed_tokens, base.rotary_emb, base.layers[0]]
@@ -226,7 +230,8 @@ def capture_inputs(
 
     handle = base.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
     try:
-        for batch in _batches(calibration.shape[0], batch_size):
+        rows = _batches(calibration.shape[0], batch_size)
+        for batch in rows:
             with contextlib.suppress(_StopForward):
                 model(calibration[batch].to(device), use_cache=False)
     finally:
@@ -236,7 +241,7 @@ def capture_inputs(
     inps = torch.cat([hidden for hidden, _ in captured])
     if not torch.isfinite(inps).all():
         raise FloatingPointError("non-finite (NaN/inf) embeddings for the calibration data")
-    return inps, [kwargs for _, kwargs in captured]
+    return inps, [(batch, kwargs) for batch, (_, kwargs) in zip(rows, captured)]
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -246,7 +251,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def collect(layer: nn.Module, target: nn.Linear, stats: InputStats, inps: torch.Tensor, batch_kwargs: list[dict]):
+def collect(layer: nn.Module, target: nn.Linear, stats: InputStats, inps: torch.Tensor, batches: list[Batch]):
     """Accumulates ``stats`` of ``target``'s input over all samples; the forward stops at ``target``."""
 
     def hook(module, args):
@@ -255,7 +260,7 @@ def collect(layer: nn.Module, target: nn.Linear, stats: InputStats, inps: torch.
 
     handle = target.register_forward_pre_hook(hook)
     try:
-        for batch, kwargs in zip(_batches(inps.shape[0], _batch_len(batch_kwargs, inps)), batch_kwargs):
+        for batch, kwargs in batches:
             with contextlib.suppress(_StopForward):
                 layer(inps[batch], **kwargs)
     finally:
@@ -263,19 +268,14 @@ def collect(layer: nn.Module, target: nn.Linear, stats: InputStats, inps: torch.
 
 
 @torch.no_grad()
-def forward_layer(layer: nn.Module, inps: torch.Tensor, batch_kwargs: list[dict]) -> None:
+def forward_layer(layer: nn.Module, inps: torch.Tensor, batches: list[Batch]) -> None:
     """Replaces ``inps`` by the layer's outputs, batch by batch (in place: the next layer's inputs)."""
-    for batch, kwargs in zip(_batches(inps.shape[0], _batch_len(batch_kwargs, inps)), batch_kwargs):
+    for batch, kwargs in batches:
         inps[batch] = layer(inps[batch], **kwargs)
 
 
-def _batch_len(batch_kwargs: list[dict], inps: torch.Tensor) -> int:
-    """Batch size the inputs were captured with (all batches but the last have it)."""
-    return -(-inps.shape[0] // len(batch_kwargs))
-
-
 def prune_block(
-    layer: nn.Module, block: Block, num_remove: int, inps: torch.Tensor, batch_kwargs: list[dict], pruner: Method
+    layer: nn.Module, block: Block, num_remove: int, inps: torch.Tensor, batches: list[Batch], pruner: Method
 ) -> tuple[list[int], dict]:
     """Statistics → the method's choice → (compensated) ``out_proj`` weights. Returns removed units, info."""
     if num_remove == 0:
@@ -283,7 +283,7 @@ def prune_block(
     stats = None
     if pruner.needs_inputs:
         stats = InputStats(block.out_proj.in_features, inps.device, hessian=pruner.needs_hessian)
-        collect(layer, block.out_proj, stats, inps, batch_kwargs)
+        collect(layer, block.out_proj, stats, inps, batches)
     selection = pruner.select(block, stats, num_remove)
     out = block.out_proj
     with torch.no_grad():
@@ -301,7 +301,7 @@ def prune_layer(
     index: int,
     ratio: float,
     inps: torch.Tensor,
-    batch_kwargs: list[dict],
+    batches: list[Batch],
     pruner: Method,
     granularity: str,
     device: torch.device,
@@ -318,22 +318,22 @@ def prune_layer(
     home = _device_of(layer)
     layer.to(device)
     if dense_inps is not None:
-        forward_layer(layer, dense_inps, batch_kwargs)
+        forward_layer(layer, dense_inps, batches)
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     kv_map = attn.kv_map
     block = attention_block(attn, kv_map, granularity, index)
     num_units = min(round(ratio * block.num_units), block.num_units - 1)
-    removed, attn_info = prune_block(layer, block, num_units, inps, batch_kwargs, pruner)
+    removed, attn_info = prune_block(layer, block, num_units, inps, batches, pruner)
     if removed:
         remove_heads(attn, kv_map, removed_heads_of(granularity, kv_map, removed))
     mlp = layer.mlp
     budget = ratio * params - (params - layer_prunable_params(layer))
     num_channels = min(max(round(budget / channel_params(mlp)), 0), mlp.intermediate_size - 1)
-    removed, mlp_info = prune_block(layer, mlp_block(mlp, index), num_channels, inps, batch_kwargs, pruner)
+    removed, mlp_info = prune_block(layer, mlp_block(mlp, index), num_channels, inps, batches, pruner)
     if removed:
         remove_channels(mlp, removed)
-    forward_layer(layer, inps, batch_kwargs)
+    forward_layer(layer, inps, batches)
     if not torch.isfinite(inps).all():
         raise FloatingPointError(f"non-finite (NaN/inf) outputs of pruned layer {index}")
     layer.to(home)

@@ -28,7 +28,8 @@ class LayerReport:
 class PruneReport:
     """Result of :func:`slimgpt.prune`.
 
-    ratio: requested fraction of *total* parameters (embeddings included) to remove.
+    ratio: requested fraction of parameters to remove: of the *total* parameters (embeddings included) when
+    ``ratio_of == "total"``, of the pruned layers' prunable parameters when ``"layers"``.
     achieved_ratio: fraction of total parameters actually removed; layer_ratio: fraction of decoder-layer
     (prunable) parameters removed. peak_memory_bytes: CUDA peak allocation on a GPU, else the process's peak
     resident set size (``peak_memory_kind`` says which).
@@ -36,7 +37,9 @@ class PruneReport:
 
     method: str
     schedule: str
+    first_ratio: float | None
     ratio: float
+    ratio_of: str
     params_before: int
     params_after: int
     prunable_before: int
@@ -47,7 +50,9 @@ class PruneReport:
     peak_memory_bytes: int
     peak_memory_kind: str
     calibration_shape: tuple[int, int]
-    options: dict = field(default_factory=dict)
+    #: ``asdict`` of the :class:`~slimgpt.pruning.options.EngineOptions` and of the method's dataclass
+    engine: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict)
 
     @property
     def achieved_ratio(self) -> float:

@@ -2,7 +2,7 @@
 
 A :class:`Block` names, for one layer, the matrix pruned by input columns (``o_proj`` / ``down_proj``, the one
 OBS compensates), its *units* (groups of columns removed together) and the *coupled rows* that go with each
-unit (q/k/v rows of a head, gate/up rows of a channel: they need no compensation, §1 of METHOD.md).
+unit (q/k/v rows of a head, gate/up rows of a channel: they need no compensation, docs/method.md#what-is-pruned).
 Surgery builds new, smaller ``nn.Linear`` modules; scoring never happens here.
 """
 

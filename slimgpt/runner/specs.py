@@ -9,8 +9,11 @@ only their declared fields).
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..pruning.methods import Method, make_method
+from ..pruning.options import EngineOptions, check_ratio
+from ..pruning.schedules import Schedule as ScheduleSpec  # the schedule is its own typed spec (conf/schedule)
+
 STAGES = ("prune", "finetune", "eval")
-SCHEDULES = ("uniform", "log_increase", "linear_increase", "log_decrease", "linear_decrease")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -78,34 +81,28 @@ class CalibSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    """A structured pruner (``slimgpt.prune(..., method=method, **options)``) and its target ``ratio``.
+    """A structured pruner and its target: ``method`` with its ``options``, the engine's options, the ratio.
 
-    ``ratio`` is the fraction of the model's total parameters to remove (METHOD.md §5), in [0, 1).
+    ``ratio`` is the fraction of parameters to remove, in [0, 1): of the model's total parameters
+    (``ratio_of: total``, the paper's convention, see docs/method.md) or of the prunable parameters of the
+    pruned layers (``ratio_of: layers``). ``engine`` holds the
+    :class:`~slimgpt.pruning.options.EngineOptions` fields; ``options`` the fields of the method's dataclass
+    (built here, so a bad option fails when the job starts).
     """
 
     method: str
     ratio: float
-    options: dict = field(default_factory=dict)
+    ratio_of: str = "total"
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    options: Method | dict = field(default_factory=dict)
 
     def __post_init__(self):
-        object.__setattr__(self, "options", _plain(self.options) or {})
-        _require(0.0 <= self.ratio < 1.0, f"pruner.ratio={self.ratio!r} must lie in [0, 1)")
-        _require(bool(self.method), "pruner.method must name a pruning method")
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """How the target ratio is spread over layers (METHOD.md §5); ``first_ratio`` is r_0 where it applies."""
-
-    name: str
-    first_ratio: float | None = None
-
-    def __post_init__(self):
-        _require(self.name in SCHEDULES, f"schedule.name={self.name!r} is not one of {list(SCHEDULES)}")
-        _require(
-            self.first_ratio is None or 0.0 <= self.first_ratio < 1.0,
-            f"schedule.first_ratio={self.first_ratio!r} must lie in [0, 1) or be null",
-        )
+        check_ratio(self.ratio, self.ratio_of)
+        engine = self.engine if isinstance(self.engine, EngineOptions) else EngineOptions.from_dict(_plain(self.engine))
+        options = self.options if isinstance(self.options, Method) else make_method(self.method, _plain(self.options))
+        _require(options.name == self.method, f"pruner.options are those of method '{options.name}', not '{self.method}'")
+        object.__setattr__(self, "engine", engine)
+        object.__setattr__(self, "options", options)
 
 
 @dataclass(frozen=True)

@@ -99,16 +99,15 @@ def prune_stage(source: ModelArtifact, model: ModelSpec, calib: CalibSpec, prune
 def _prune_and_store(source, model, calib, pruner, schedule, cache, key) -> dict:
     """Loads ``source``, draws calibration data, prunes in place, checks and stores; returns the report."""
     import slimgpt
+    from slimgpt.pruning.engine import prune_model
 
     net, tokenizer = load_model(source, model)
     calibration = slimgpt.calibration_data(calib.source, tokenizer, calib.num_samples, calib.seq_len,
                                            seed=calib.seed)  # [num_samples, seq_len]
-    options = dict(pruner.options)
-    if schedule.first_ratio is not None:
-        options["first_ratio"] = schedule.first_ratio
-    log.info("prune: %s to ratio %.3f, schedule %s", pruner.method, pruner.ratio, schedule.name)
-    report = slimgpt.prune(net, calibration, pruner.ratio, schedule=schedule.name, method=pruner.method,
-                           **options).to_dict()
+    log.info("prune: %s to ratio %.3f of %s parameters, schedule %s", pruner.method, pruner.ratio,
+             pruner.ratio_of, schedule.name)
+    report = prune_model(net, calibration, pruner.ratio, schedule, pruner.options, pruner.engine,
+                         pruner.ratio_of).to_dict()
     check_finite_logits(net, calibration[:1])
     cache.store_dir("pruned", key, _save_checkpoint(net, tokenizer), meta={"report": report})
     return report

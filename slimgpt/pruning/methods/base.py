@@ -1,7 +1,8 @@
 """The pruning-method protocol: a method only *chooses* units (and may rewrite ``out_proj``); the engine does
 the layer loop, statistics and surgery for every method."""
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import torch
 
@@ -25,22 +26,36 @@ class Selection:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
 class Method:
-    """Base class. Subclasses set ``name``, ``needs_hessian`` and implement :meth:`select`."""
+    """Base class of every method: a dataclass whose fields are the method's options.
 
-    name: str = ""
+    Subclasses are ``@dataclass``es: they declare their options as fields with defaults, check them in
+    ``__post_init__`` (once, when the method is built), set the class variables below, and implement
+    :meth:`select`. State computed while pruning (e.g. LLM-Pruner's gradients) lives in private attributes
+    that are not fields, so :meth:`options` (what the report records) stays plain data.
+    """
+
+    name: ClassVar[str] = ""
     #: whether the engine must accumulate the ``cols x cols`` input Hessian (otherwise only column moments)
-    needs_hessian: bool = False
+    needs_hessian: ClassVar[bool] = False
     #: whether the engine must run calibration data through each block at all
-    needs_inputs: bool = True
-    #: whether ``Selection.bias`` is used (the engine then gives every o_proj/down_proj a bias first)
-    adds_bias: bool = False
+    needs_inputs: ClassVar[bool] = True
+
+    @property
+    def adds_bias(self) -> bool:
+        """Whether ``Selection.bias`` is used (the engine then gives every o_proj/down_proj a bias first)."""
+        return False
 
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
         raise NotImplementedError
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
         """Hook for whole-model statistics before the layer loop (e.g. gradients for LLM-Pruner)."""
+
+    def options(self) -> dict:
+        """The method's options as a plain dict (the report records it)."""
+        return asdict(self)
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -52,15 +67,23 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def make_method(name: str, options: dict) -> Method:
-    """Instantiates method ``name`` with its ``options`` (clear errors for unknown names/options)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown pruning method '{name}'; choose one of {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    try:
-        return cls(**options)
-    except TypeError as err:
-        import inspect
+def option_names(name: str) -> tuple[str, ...]:
+    """The options (dataclass fields) of method ``name``."""
+    return tuple(f.name for f in fields(method_class(name)))
 
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise ValueError(f"bad option for method '{name}' ({err}); its options are: {allowed or 'none'}") from None
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of method ``name`` (one clear error for an unknown name)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown pruning method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def make_method(name: str, options: dict | None = None) -> Method:
+    """Builds method ``name`` from its ``options`` (clear errors for unknown names and options)."""
+    cls, options = method_class(name), dict(options or {})
+    unknown = sorted(set(options) - set(option_names(name)))
+    if unknown:
+        allowed = ", ".join(option_names(name)) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for method '{name}'; its options are: {allowed}")
+    return cls(**options)

@@ -20,6 +20,8 @@ ratios from the schedule and streams layer by layer; the layer-wise variant here
 and the engine's schedules take the place of its structure search.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from ..stats import InputStats
@@ -29,6 +31,7 @@ from .scoring import ScoredMethod, column_sq_norms, unit_sum
 
 
 @register
+@dataclass
 class FLAP(ScoredMethod):
     """Fluctuation metric (input variance × squared column norm) with mean-input bias compensation.
 
@@ -38,11 +41,15 @@ class FLAP(ScoredMethod):
 
     name = "flap"
 
-    def __init__(self, bias_compensation: bool = True):
-        if not isinstance(bias_compensation, bool):
-            raise ValueError(f"bias_compensation must be a bool, got {bias_compensation!r}")
-        self.bias_compensation = bias_compensation
-        self.adds_bias = bias_compensation
+    bias_compensation: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.bias_compensation, bool):
+            raise ValueError(f"bias_compensation must be a bool, got {self.bias_compensation!r}")
+
+    @property
+    def adds_bias(self) -> bool:
+        return self.bias_compensation
 
     def scores(self, block: Block, stats: InputStats | None) -> torch.Tensor:
         stats = self._require_stats(stats)

@@ -32,7 +32,7 @@ is ``p ≈ 0.32``, 50% is ``p ≈ 0.79``; the engine rounds heads to whole units
 of each layer's budget, LLM-Pruner rounds heads and channels separately.
 """
 
-import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,11 +48,9 @@ VARIANTS = ("element1", "element2", "vector")
 ROW_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
 COLUMN_MODULES = ("self_attn.o_proj", "mlp.down_proj")
 
-#: per-run state, kept off the instance so that ``vars(method)`` (the report's options) stays plain data
-_STATE: "weakref.WeakKeyDictionary[LLMPruner, dict]" = weakref.WeakKeyDictionary()
-
 
 @register
+@dataclass
 class LLMPruner(ScoredMethod):
     """LLM-Pruner's block-wise Taylor importance.
 
@@ -63,22 +61,23 @@ class LLMPruner(ScoredMethod):
     name = "llm_pruner"
     needs_inputs = False
 
-    def __init__(self, variant: str = "element1"):
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown llm_pruner variant '{variant}'; choose one of {', '.join(VARIANTS)}")
-        self.variant = variant
+    variant: str = "element1"
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown llm_pruner variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        self._layers, self._importance = None, None  # set by prepare: not options, so not dataclass fields
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
         layers = model.model.layers
         linears = {(i, name): layer.get_submodule(name) for i, layer in enumerate(layers)
                    for name in ROW_MODULES + COLUMN_MODULES}
-        _STATE[self] = {"layers": layers, "importance": taylor_importance(model, calibration, linears, self.variant)}
+        self._layers, self._importance = layers, taylor_importance(model, calibration, linears, self.variant)
 
     def scores(self, block: Block, stats: InputStats | None) -> torch.Tensor:
-        state = _STATE.get(self)
-        if state is None:
+        if self._importance is None:
             raise RuntimeError("llm_pruner: prepare(model, calibration) must run before scoring (the engine does)")
-        importance, layer = state["importance"], state["layers"][block.layer]
+        importance, layer = self._importance, self._layers[block.layer]
         names = {id(module): name for name, module in layer.named_modules()}
         total = unit_sum(importance[(block.layer, names[id(block.out_proj)])], block.units)
         for linear, rows in block.coupled:

@@ -10,6 +10,8 @@ and the gate/up rows of a channel). Biases are not counted. LLM-Pruner's L2 impo
 norms of the same pieces without the square root, which ranks units identically.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from ..stats import InputStats
@@ -19,6 +21,7 @@ from .scoring import ScoredMethod, column_sq_norms, row_sq_norms, unit_sum
 
 
 @register
+@dataclass
 class Magnitude(ScoredMethod):
     """Removes the units whose weights (``out_proj`` columns + coupled rows) have the smallest L2 norm."""
 

@@ -4,6 +4,8 @@ Reproducible: the units of a block are ranked by ``torch.rand`` from a generator
 ``(seed, layer, block kind)``, so one seed gives one pruned model whatever the schedule or device.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from ..stats import InputStats
@@ -13,6 +15,7 @@ from .scoring import ScoredMethod
 
 
 @register
+@dataclass
 class Random(ScoredMethod):
     """Seeded random units.
 
@@ -23,10 +26,11 @@ class Random(ScoredMethod):
     name = "random"
     needs_inputs = False
 
-    def __init__(self, seed: int = 0):
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self.seed = seed
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
     def scores(self, block: Block, stats: InputStats | None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(block_seed(self.seed, block))

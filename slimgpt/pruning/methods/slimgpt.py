@@ -1,5 +1,7 @@
 """SlimGPT: Batched Greedy Pruning of heads and Dynamic Group Size for FFN channels, with OBS compensation."""
 
+from dataclasses import dataclass
+
 from ..obs import HEAD_SCORES, dynamic_group_sizes, obs_prune
 from ..stats import InputStats
 from ..structures import Block
@@ -7,6 +9,7 @@ from .base import Method, Selection, register
 
 
 @register
+@dataclass
 class SlimGPT(Method):
     """SlimGPT (Ling et al., NeurIPS 2024).
 
@@ -28,29 +31,23 @@ class SlimGPT(Method):
     name = "slimgpt"
     needs_hessian = True
 
-    def __init__(
-        self,
-        damp: float = 0.01,
-        head_score: str = "cholesky",
-        ffn_max_group: int = 1024,
-        ffn_min_group: int = 64,
-        head_step: int = 1,
-        inverse_refresh: int = 8,
-    ):
-        if damp < 0:
-            raise ValueError(f"damp must be >= 0, got {damp}")
-        if head_step < 1:
-            raise ValueError(f"head_step must be >= 1, got {head_step}")
-        if head_score not in HEAD_SCORES:
-            raise ValueError(f"head_score must be one of {HEAD_SCORES}, got {head_score!r}")
-        dynamic_group_sizes(1, ffn_max_group, ffn_min_group)  # validates the bounds
-        self.damp = damp
-        self.head_score = head_score
-        self.ffn_max_group, self.ffn_min_group = ffn_max_group, ffn_min_group
-        self.head_step = head_step
-        if inverse_refresh < 1:
-            raise ValueError(f"inverse_refresh must be >= 1, got {inverse_refresh}")
-        self.inverse_refresh = inverse_refresh
+    damp: float = 0.01
+    head_score: str = "cholesky"
+    ffn_max_group: int = 1024
+    ffn_min_group: int = 64
+    head_step: int = 1
+    inverse_refresh: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or self.damp < 0:
+            raise ValueError(f"damp must be a number >= 0, got {self.damp!r}")
+        if self.head_score not in HEAD_SCORES:
+            raise ValueError(f"head_score must be one of {HEAD_SCORES}, got {self.head_score!r}")
+        dynamic_group_sizes(1, self.ffn_max_group, self.ffn_min_group)  # validates the bounds
+        for key in ("head_step", "inverse_refresh"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
 
     def steps(self, block: Block, num_remove: int) -> list[int]:
         """Units removed at each greedy step."""

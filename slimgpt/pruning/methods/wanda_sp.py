@@ -9,6 +9,8 @@ calibration tokens). Wanda-sp scores a unit by summing that over the ``out_proj`
 q/k/v and gate/up rows are not scored, as in FLAP's Wanda-sp. No weight update.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from ..stats import InputStats
@@ -18,6 +20,7 @@ from .scoring import ScoredMethod, unit_sum
 
 
 @register
+@dataclass
 class WandaSP(ScoredMethod):
     """Removes the units with the smallest summed ``|W|·‖x‖₂`` over their ``out_proj`` columns."""
 

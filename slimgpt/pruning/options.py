@@ -1,0 +1,84 @@
+"""The engine's typed options: how the layer loop runs, independent of the method that chooses units.
+
+A method's own options are the fields of its dataclass (``slimgpt.pruning.methods``); the layer-ratio
+schedule is :class:`slimgpt.pruning.schedules.Schedule`. Each value is checked once, here, when the object
+is built — so a bad value fails before any weight changes (and, in the runner, before any stage runs).
+"""
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .structures import HEAD_GRANULARITIES
+
+#: what ``ratio`` is a fraction of: the model's total parameters (the paper's convention, embeddings
+#: included) or the prunable parameters of the pruned decoder layers (those in ``layer_range``)
+RATIO_OF = ("total", "layers")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Options of the layer loop (``slimgpt.pruning.engine.prune_model``).
+
+    head_granularity: ``"kv_group"`` (a key-value head with its query heads is one unit, the paper's) or
+        ``"query_head"`` (single query heads; a kv head goes when no query head reads it).
+    layer_range: ``(start, end)``: only layers ``start <= i < end`` are pruned (LLM-Pruner's setting keeps
+        the first and last layers dense); ``None`` = all layers. Checked against the model's depth when the
+        ratios are planned.
+    batch_size: calibration sequences per layer forward.
+    device: compute device of the current layer (default: CUDA if available, else CPU).
+    progress: show a progress bar over layers.
+    track_error: also run the dense model alongside and report each layer's relative output error
+        ``‖y - y_dense‖² / ‖y_dense‖²`` (one more layer forward and one more input buffer per layer).
+    """
+
+    head_granularity: str = "kv_group"
+    layer_range: tuple[int, int] | None = None
+    batch_size: int = 8
+    device: str | None = None
+    progress: bool = True
+    track_error: bool = False
+
+    def __post_init__(self):
+        if self.head_granularity not in HEAD_GRANULARITIES:
+            raise ValueError(f"unknown head_granularity {self.head_granularity!r}; "
+                             f"choose one of {', '.join(HEAD_GRANULARITIES)}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.layer_range is not None:
+            span = tuple(self.layer_range)
+            if len(span) != 2 or not all(map(_is_int, span)) or not 0 <= span[0] < span[1]:
+                raise ValueError(f"layer_range must be null or [start, end] with 0 <= start < end, "
+                                 f"got {self.layer_range!r}")
+            object.__setattr__(self, "layer_range", span)
+        if self.device is not None and not isinstance(self.device, str):
+            object.__setattr__(self, "device", str(self.device))
+        for name in ("progress", "track_error"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "EngineOptions":
+        """Builds the options from a plain dict (one clear error for an unknown key)."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.names()))
+        if unknown:
+            raise ValueError(f"unknown engine option(s) {', '.join(unknown)}; engine options are: "
+                             f"{', '.join(cls.names())}")
+        return cls(**values)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names (to split ``slimgpt.prune``'s keyword arguments into engine and method options)."""
+        return tuple(f.name for f in fields(cls))
+
+
+def check_ratio(ratio: Any, ratio_of: str) -> None:
+    """One clear error for a bad target ratio or ratio convention."""
+    if ratio_of not in RATIO_OF:
+        raise ValueError(f"ratio_of must be one of {', '.join(RATIO_OF)}, got {ratio_of!r}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
