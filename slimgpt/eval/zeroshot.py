@@ -8,8 +8,9 @@ only replaces the data source: ``dataset_path: json`` with the absolute path of 
 evaluates (``test`` for ARC and OpenBookQA, ``validation`` otherwise). ``source="hub"`` (online) runs the
 stock tasks as they are, on their Hub datasets.
 
-Metric per task (LLM-Pruner / SlimGPT convention, METHOD.md §6): ``acc`` for BoolQ, PIQA, WinoGrande,
-ARC-e; ``acc_norm`` for HellaSwag, ARC-c, OpenBookQA. The average is the unweighted mean over tasks.
+Metric per task (LLM-Pruner / SlimGPT convention, docs/method.md#zero-shot-tasks-and-metrics): ``acc`` for
+BoolQ, PIQA, WinoGrande, ARC-e; ``acc_norm`` for HellaSwag, ARC-c, OpenBookQA. The average is the unweighted
+mean over tasks.
 """
 
 import json
