@@ -50,11 +50,6 @@ def load_model(artifact: ModelArtifact, model: ModelSpec):
     return load_named(str(artifact.path or model.name), dtype=dtype, device=model.device)
 
 
-def count_params(net: torch.nn.Module) -> int:
-    """Number of distinct parameters (tied embeddings count once)."""
-    return sum(p.numel() for p in net.parameters())
-
-
 def _save_checkpoint(net, tokenizer):
     """A writer for ``ArtifactCache.store_dir``: safetensors weights, config (per-layer widths), tokenizer."""
 
@@ -218,6 +213,8 @@ def eval_stage(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec, *,
 
 
 def _evaluate(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec) -> dict[str, float]:
+    from slimgpt.pruning.structures import count_params
+
     net, tokenizer = load_model(source, model)
     metrics: dict[str, float] = {"params": count_params(net)}
     started = time.perf_counter()
