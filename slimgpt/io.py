@@ -5,7 +5,8 @@ Every writer here puts content under a temporary name in the target's directory,
 renames it over the target (``os.replace`` is atomic on POSIX). A reader therefore sees either the previous
 complete file or the new complete one, never a partial one, even after Ctrl-C, ``kill -9`` or a full disk.
 Files and directories get the permissions the process umask allows (``0o644``/``0o755`` under the usual
-umask), not ``mkstemp``'s ``0o600``: caches are shared between users on clusters. Temporary names are
+umask), not ``mkstemp``'s ``0o600`` (nor that of a library writing into an :func:`atomic_dir`): caches are
+shared between users on clusters. Temporary names are
 ``.tmp-<name>-<8 hex>`` (and ``.old-<name>-<8 hex>`` for a replaced directory), so that :func:`leftovers`
 finds what a killed writer left.
 
@@ -15,6 +16,7 @@ modification times (a file rewritten in place gets a new mtime, so it is hashed 
 """
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -26,8 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "file_records", "files_problem", "jsonable", "leftovers", "move_atomic", "read_json",
-           "sha256_file", "umask", "verify_files", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_dir", "file_records", "files_problem", "in_use", "jsonable", "leftovers", "move_atomic", "read_json",
+           "remove_dir", "sha256_file", "umask", "verify_files", "write_bytes_atomic", "write_json_atomic",
+           "write_text_atomic"]
 
 _CHUNK = 1 << 20
 #: folder -> the (relative path, size, mtime_ns) stamp of its files when their sha256 last matched (this process)
@@ -121,24 +124,77 @@ def atomic_dir(final: str | os.PathLike, replace: bool = True) -> Iterator[Path]
     On an exception the temporary directory is deleted and ``final`` is untouched. With ``replace`` an
     existing ``final`` is first renamed aside and deleted after the swap; without it, an existing ``final``
     (another process finished first) is kept and the new copy discarded. Leftovers of killed writers are
-    named ``.tmp-<name>-*`` (and ``.old-<name>-*``) in the same directory, for garbage collection.
+    named ``.tmp-<name>-*`` (and ``.old-<name>-*``) in the same directory, for garbage collection; while
+    the block runs the writer holds a lock on its temporary directory, which :func:`in_use` tests.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(final)
     tmp.mkdir()
     os.chmod(tmp, 0o777 & ~umask())
+    held = os.open(tmp, os.O_RDONLY)
     try:
+        with contextlib.suppress(OSError):  # a file system without flock: gc falls back on the age
+            fcntl.flock(held, fcntl.LOCK_SH)
         yield tmp
-        if final.exists() and not replace:
-            return
-        old = _temp_name(final, "old")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        _share(tmp)
+        _publish_dir(tmp, final, replace)
     finally:
+        os.close(held)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _share(folder: Path) -> None:
+    """Gives ``folder`` and everything below it the permissions the umask allows (``0o755``/``0o644`` under
+    umask 022), whatever its writers used (``transformers`` writes ``model.safetensors`` as ``0o600``)."""
+    mask = umask()
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _publish_dir(tmp: Path, final: Path, replace: bool) -> None:
+    """Renames ``tmp`` to ``final`` (see :func:`atomic_dir`); a ``final`` that appears meanwhile is kept."""
+    old = None
+    if replace and final.exists():
+        old = _temp_name(final, "old")
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise  # not "another writer published first"
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def in_use(path: str | os.PathLike) -> bool:
+    """True while an :func:`atomic_dir` block still writes into the temporary directory ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # no flock here: the caller decides by age
+    finally:
+        os.close(fd)
+    return False
+
+
+def remove_dir(folder: str | os.PathLike) -> None:
+    """Deletes ``folder`` after renaming it aside (``.old-*``), so no reader sees it half deleted."""
+    folder = Path(folder)
+    aside = _temp_name(folder, "old")
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:
+        return  # someone else removed it first
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

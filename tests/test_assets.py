@@ -1,6 +1,7 @@
 """The asset layer on small synthetic inputs: cache, manifest, checksums, atomic builds, wheels, wiki split."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,16 @@ def test_instruction_sets_as_text_corpora(monkeypatch):
 
 
 def test_entries_get_normal_permissions(env):
-    folder = cache.build_atomic("demo", _writer([]), {})
-    mask = io.umask()
-    assert folder.stat().st_mode & 0o777 == 0o777 & ~mask
-    assert (folder / cache.RECORD_NAME).stat().st_mode & 0o777 == 0o666 & ~mask
+    def private_writer(out: Path) -> dict:  # like transformers' save_pretrained, which writes weights 0600
+        (out / "model.safetensors").write_bytes(b"weights")
+        os.chmod(out / "model.safetensors", 0o600)
+        return _writer([])(out)
+
+    previous = os.umask(0o022)
+    try:
+        folder = cache.build_atomic("demo", private_writer, {})
+    finally:
+        os.umask(previous)
+    assert folder.stat().st_mode & 0o777 == (folder / "sub").stat().st_mode & 0o777 == 0o755
+    for name in (cache.RECORD_NAME, "model.safetensors", "sub/data.bin"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name
