@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_dir", "file_records", "files_problem", "in_use", "jsonable", "leftovers", "move_atomic", "read_json",
-           "remove_dir", "sha256_file", "umask", "verify_files", "write_bytes_atomic", "write_json_atomic",
+           "remove_tree", "sha256_file", "umask", "verify_files", "write_bytes_atomic", "write_json_atomic",
            "write_text_atomic"]
 
 _CHUNK = 1 << 20
@@ -186,15 +186,19 @@ def in_use(path: str | os.PathLike) -> bool:
     return False
 
 
-def remove_dir(folder: str | os.PathLike) -> None:
-    """Deletes ``folder`` after renaming it aside (``.old-*``), so no reader sees it half deleted."""
-    folder = Path(folder)
-    aside = _temp_name(folder, "old")
+def remove_tree(path: str | os.PathLike) -> None:
+    """Deletes the folder (or file) ``path`` after renaming it aside (``.old-*``), so that no reader sees a
+    half-deleted folder and a killed removal leaves a name that :func:`leftovers` finds."""
+    path = Path(path)
+    aside = _temp_name(path, "old")
     try:
-        os.replace(folder, aside)
+        os.replace(path, aside)
     except FileNotFoundError:
         return  # someone else removed it first
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

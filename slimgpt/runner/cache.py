@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..io import (atomic_dir, file_records, files_problem, in_use, leftovers, read_json, remove_dir, verify_files,
+from ..io import (atomic_dir, file_records, files_problem, in_use, leftovers, read_json, remove_tree, verify_files,
                   write_json_atomic)
 
 #: Bump when the layout of cached artifacts changes, so that old entries are not reused.
@@ -139,7 +139,7 @@ class ArtifactCache:
     def _discard(self, folder: Path, problem: str) -> None:
         warnings.warn(f"run cache entry {folder} is unusable: {problem}; removing it, it will be rebuilt",
                       stacklevel=3)
-        remove_dir(folder)
+        remove_tree(folder)
 
     def store_dir(self, kind: str, key: str, write: Callable[[Path], None], meta: dict) -> Path:
         """Runs ``write(tmp_dir)``, adds the marker (file checksums + ``meta``), renames into place.
@@ -202,11 +202,8 @@ class ArtifactCache:
         return removable, kept
 
     def remove(self, path: Path) -> None:
-        """Deletes an entry, a leftover or an orphan (a folder is renamed aside first)."""
-        if path.is_dir() and not path.is_symlink():
-            remove_dir(path)
-        else:
-            path.unlink(missing_ok=True)
+        """Deletes an entry, a leftover or an orphan (renamed aside first)."""
+        remove_tree(path)
 
     def _kind_dirs(self) -> list[Path]:
         if not self.root.is_dir():
