@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import slimgpt
+from slimgpt.io import write_text_atomic
 
 #: (row label, method, schedule, method/engine options, calibration kind)
 RUNS = {
@@ -127,13 +128,6 @@ def command_args() -> list[str]:
     return [a for a in sys.argv[1:]]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -163,7 +157,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        write_atomic(args.one_out, json.dumps(one_run(args.one, args.one_ratio, args)))
+        write_text_atomic(args.one_out, json.dumps(one_run(args.one, args.one_ratio, args)))
         return
     name, rows = Path(args.model).name, []
     with ThreadPoolExecutor(args.workers) as pool:  # each job is its own process
@@ -171,8 +165,8 @@ def main() -> None:
         for future in as_completed(futures):
             rows.append(future.result())
             print(f"{futures[future]}: ppl {rows[-1]['ppl']:.2f}, {rows[-1].get('prune_s', 0):.1f}s", flush=True)
-            write_atomic(args.out / f"compare_methods_{name}.json", json.dumps(rows, indent=1))
-            write_atomic(args.out / f"compare_methods_{name}.md", table(rows, args))
+            write_text_atomic(args.out / f"compare_methods_{name}.json", json.dumps(rows, indent=1))
+            write_text_atomic(args.out / f"compare_methods_{name}.md", table(rows, args))
     print(table(rows, args))
 
 

@@ -16,7 +16,6 @@ Writes a markdown table to ``benchmarks/results/prune_speed_<model>.md`` (atomic
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 import slimgpt
 from slimgpt import plots
+from slimgpt.io import write_text_atomic
 
 
 def dense_forward_seconds(model, calibration: torch.Tensor, batch_size: int) -> float:
@@ -98,10 +98,7 @@ def main() -> None:
     rows = [measure(args.model, ratio, calibration, args) for ratio in args.ratios]
     text = table(rows, args)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, args.out / f"prune_speed_{Path(args.model).name}.md")
+    write_text_atomic(args.out / f"prune_speed_{Path(args.model).name}.md", text)
     figure(rows, args.out / f"prune_speed_{Path(args.model).name}.png", text.split("\n\n")[0])
 
 

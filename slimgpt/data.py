@@ -1,8 +1,10 @@
-"""``calibration_data``: random token windows from a corpus' train split (the paper's calibration protocol)."""
+"""Text corpora as token streams: the one place that joins documents and tokenizes them (perplexity and
+calibration share it), and ``calibration_data``: random token windows from a corpus' train split (the
+paper's calibration protocol)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -24,9 +26,7 @@ def calibration_data(
     for arg, value in (("num_samples", num_samples), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-    documents = _documents(source)
-    ids = tokenizer(DOC_SEPARATOR.join(documents), add_special_tokens=False, verbose=False)["input_ids"]
-    tokens = torch.tensor(ids, dtype=torch.long)  # [total_tokens]
+    tokens = tokenize_stream(tokenizer, documents(source, "train", what="calibration source"))  # [total_tokens]
     if tokens.numel() < seq_len:
         raise ValueError(f"calibration source {_describe(source)} has {tokens.numel()} tokens, fewer than "
                          f"seq_len={seq_len}; use a larger corpus or a shorter seq_len")
@@ -36,16 +36,31 @@ def calibration_data(
     return tokens[starts[:, None] + offsets[None, :]]  # [num_samples, seq_len]
 
 
-def _documents(source: str | Sequence[str]) -> list[str]:
-    """The documents of ``source``: a corpus name's train split, or the given list of strings."""
+def documents(source: str | Sequence[str], split: str, what: str = "corpus") -> list[str]:
+    """The documents of ``source``: split ``split`` of a ``slimgpt.assets.text_corpus`` name, or the given
+    non-empty list of strings (then ``split`` is not used). ``what`` names the argument in the error."""
     if isinstance(source, str):
-        from .assets import text_corpus
+        from .assets import text_corpus  # lazy: the asset layer pulls in optional readers
 
-        return text_corpus(source, "train")
-    documents = list(source)
-    if not documents or not all(isinstance(d, str) for d in documents):
-        raise ValueError("calibration source must be a corpus name or a non-empty list of strings")
-    return documents
+        return text_corpus(source, split)
+    docs = list(source) if isinstance(source, Sequence) else None
+    if docs and all(isinstance(d, str) for d in docs):
+        return docs
+    if docs is None:
+        got = type(source).__name__
+    elif not docs:
+        got = "an empty list"
+    else:
+        got = f"a list holding {type(next(d for d in docs if not isinstance(d, str))).__name__}"
+    raise ValueError(f"{what} must be a slimgpt.assets.text_corpus name or a non-empty list of strings, got {got}")
+
+
+def tokenize_stream(tokenizer, docs: list[str], max_tokens: int | None = None) -> torch.LongTensor:
+    """Joins ``docs`` with ``"\\n\\n"`` and tokenizes once without special tokens (no BOS/EOS) -> LongTensor[T]
+    (the first ``max_tokens`` tokens if given)."""
+    ids = tokenizer(DOC_SEPARATOR.join(docs), add_special_tokens=False, verbose=False)["input_ids"]
+    stream = torch.tensor(ids, dtype=torch.long)  # [T]
+    return stream if max_tokens is None else stream[:max_tokens]
 
 
 def _describe(source: str | Sequence[str]) -> str:

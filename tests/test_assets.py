@@ -1,10 +1,12 @@
 """The asset layer on small synthetic inputs: cache, manifest, checksums, atomic builds, wheels, wiki split."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from slimgpt import io
 from slimgpt.assets import cache, catalog, registry, text
 from slimgpt.assets.catalog import CATALOG, AssetSpec, UnknownAssetError
 from slimgpt.assets.registry import RegistryError, Wheel
@@ -56,7 +58,7 @@ def test_corrupt_entry_is_detected_and_rebuilt(env):
     folder = cache.build_atomic("demo", _writer(calls), {})
     (folder / "sub" / "data.bin").write_bytes(b"HELLO")  # same size, different content
     assert "sha256 mismatch" in cache.entry_problem(folder)
-    cache._VERIFIED.clear()  # a new process
+    io._VERIFIED.clear()  # a new process
     with pytest.warns(UserWarning, match="corrupt"):
         assert cache.build_atomic("demo", _writer(calls), {}) == folder
     assert len(calls) == 2 and (folder / "sub" / "data.bin").read_bytes() == b"hello"
@@ -77,11 +79,14 @@ def test_failed_build_leaves_nothing_loadable(env):
 
 def test_leftover_of_killed_build_is_ignored_and_removed(env):
     root = cache.assets_root()
-    (root / ".tmp-demo-killed").mkdir()
-    (root / ".tmp-demo-killed" / "half.bin").write_bytes(b"x")
+    killed, other = root / ".tmp-demo-0a1b2c3d", root / ".tmp-demo-extra-0a1b2c3d"  # other: asset 'demo-extra'
+    for folder in (killed, other):
+        folder.mkdir()
+        (folder / "half.bin").write_bytes(b"x")
     calls = []
     folder = cache.build_atomic("demo", _writer(calls), {})
-    assert len(calls) == 1 and folder == root / "demo" and not (root / ".tmp-demo-killed").exists()
+    assert len(calls) == 1 and folder == root / "demo" and not killed.exists()
+    assert other.exists()  # another asset's build may still be running
 
 
 def test_fetch_wheel_from_wheelhouse_checks_sha256(env):
@@ -172,7 +177,16 @@ def test_instruction_sets_as_text_corpora(monkeypatch):
 
 
 def test_entries_get_normal_permissions(env):
-    folder = cache.build_atomic("demo", _writer([]), {})
-    mask = cache._umask()
-    assert folder.stat().st_mode & 0o777 == 0o777 & ~mask
-    assert (folder / cache.RECORD_NAME).stat().st_mode & 0o777 == 0o666 & ~mask
+    def private_writer(out: Path) -> dict:  # like transformers' save_pretrained, which writes weights 0600
+        (out / "model.safetensors").write_bytes(b"weights")
+        os.chmod(out / "model.safetensors", 0o600)
+        return _writer([])(out)
+
+    previous = os.umask(0o022)
+    try:
+        folder = cache.build_atomic("demo", private_writer, {})
+    finally:
+        os.umask(previous)
+    assert folder.stat().st_mode & 0o777 == (folder / "sub").stat().st_mode & 0o777 == 0o755
+    for name in (cache.RECORD_NAME, "model.safetensors", "sub/data.bin"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name

@@ -48,3 +48,13 @@ def test_too_short_corpus(tok):
         calibration_data(["hello"], tok, 1, 6)
     with pytest.raises(ValueError, match="non-empty list of strings"):
         calibration_data([], tok, 1, 6)
+
+
+def test_calibration_and_perplexity_share_one_token_stream(tok):
+    from slimgpt.eval.perplexity import tokenize_stream
+
+    stream = tokenize_stream(tok, DOCS)  # [T]
+    batch = calibration_data(DOCS, tok, num_samples=4, seq_len=stream.numel())
+    assert torch.equal(batch, stream.expand(4, -1))
+    with pytest.raises(ValueError, match="calibration source must be .* got a list holding int"):
+        calibration_data(["text", 3], tok, 1, 2)

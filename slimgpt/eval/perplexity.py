@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..data import documents, tokenize_stream
 from ._common import check_vocab, model_device
 
-DOC_SEPARATOR = "\n\n"
+__all__ = ["perplexity", "perplexity_stats", "to_windows", "tokenize_stream"]
 
 
 def perplexity(
@@ -66,7 +67,7 @@ def perplexity_stats(
     start = time.perf_counter()
     _check_args(seq_len, batch_size, max_tokens)
     check_vocab(model, tokenizer)
-    docs = _documents(corpus, split)
+    docs = documents(corpus, split)
     stream = tokenize_stream(tokenizer, docs, max_tokens)
     windows = to_windows(stream, seq_len, corpus)
     nll_sum = _nll_sum(model, windows, batch_size)
@@ -84,16 +85,6 @@ def perplexity_stats(
         "max_tokens": max_tokens,
         "seconds": time.perf_counter() - start,
     }
-
-
-def tokenize_stream(
-    tokenizer: PreTrainedTokenizerBase, docs: list[str], max_tokens: int | None = None
-) -> torch.LongTensor:
-    """Joins ``docs`` with ``"\\n\\n"`` and tokenizes once without special tokens -> LongTensor[T]."""
-    text = DOC_SEPARATOR.join(docs)
-    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    stream = torch.tensor(ids, dtype=torch.long)
-    return stream if max_tokens is None else stream[:max_tokens]
 
 
 def to_windows(stream: torch.LongTensor, seq_len: int, corpus: str | list[str] = "text") -> torch.LongTensor:
@@ -129,18 +120,6 @@ def _window_nll(logits: torch.Tensor, batch: torch.LongTensor) -> float:
     """
     nll = [F.cross_entropy(logits[b, :-1].float(), batch[b, 1:], reduction="sum") for b in range(len(batch))]
     return float(torch.stack(nll).double().sum())
-
-
-def _documents(corpus: str | list[str], split: str) -> list[str]:
-    """The documents of a corpus name (via the asset layer) or the list itself."""
-    if isinstance(corpus, str):
-        from slimgpt.assets import text_corpus  # lazy: the asset layer pulls in optional readers
-
-        return text_corpus(corpus, split)
-    if isinstance(corpus, (list, tuple)) and corpus and all(isinstance(d, str) for d in corpus):
-        return list(corpus)
-    got = type(corpus).__name__ if corpus else "an empty list"
-    raise ValueError(f"corpus must be a text_corpus name or a non-empty list of strings, got {got}")
 
 
 def _check_args(seq_len: int, batch_size: int, max_tokens: int | None) -> None:

@@ -363,6 +363,6 @@ def sync_config(model: SlimGPTForCausalLM) -> None:
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
+    from ..memory import peak_memory
+
+    return peak_memory(device)

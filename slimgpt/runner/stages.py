@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .cache import ArtifactCache, signature
+from .cache import EVAL_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
 from .logging import Logger
 from .specs import CalibSpec, EvalSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
 
@@ -50,11 +50,6 @@ def load_model(artifact: ModelArtifact, model: ModelSpec):
     return load_named(str(artifact.path or model.name), dtype=dtype, device=model.device)
 
 
-def count_params(net: torch.nn.Module) -> int:
-    """Number of distinct parameters (tied embeddings count once)."""
-    return sum(p.numel() for p in net.parameters())
-
-
 def _save_checkpoint(net, tokenizer):
     """A writer for ``ArtifactCache.store_dir``: safetensors weights, config (per-layer widths), tokenizer."""
 
@@ -84,7 +79,7 @@ def prune_stage(source: ModelArtifact, model: ModelSpec, calib: CalibSpec, prune
     with the same values — whatever its finetune/eval settings — loads it instead of pruning again.
     """
     key = signature({"source": source.key, "calib": spec_dict(calib), "pruner": spec_dict(pruner),
-                     "schedule": spec_dict(schedule)})
+                     "schedule": spec_dict(schedule)}, code=PRUNE_CODE)
     label = f"{source.label}>{pruner.method}" if source.label != "dense" else pruner.method
     cached = cache.find_dir("pruned", key) is not None
     if cached:
@@ -159,7 +154,7 @@ def finetune_stage(source: ModelArtifact, model: ModelSpec, finetune: FinetuneSp
 def _lora_step(source: ModelArtifact, model: ModelSpec, stage: LoraSpec, index: int, *, cache: ArtifactCache,
                logger: Logger) -> tuple[ModelArtifact, dict]:
     """One LoRA stage on ``source`` (cached by the signature of source + stage); logs its loss curve."""
-    key = signature({"source": source.key, "lora": spec_dict(stage)})
+    key = signature({"source": source.key, "lora": spec_dict(stage)}, code=FINETUNE_CODE)
     prefix = f"lora{index}"
     cached = cache.find_dir("finetuned", key) is not None
     if cached:  # replay the stored curve so that the W&B run of a cached job still shows it
@@ -207,7 +202,7 @@ def eval_stage(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec, *,
     Logged as W&B summary values ``<role>/<key>`` (role ``final`` or ``dense``). Cached by (source,
     evaluation): re-running a finished job does not evaluate again.
     """
-    key = signature({"source": source.key, "eval": spec_dict(evaluation)})
+    key = signature({"source": source.key, "eval": spec_dict(evaluation)}, code=EVAL_CODE)
     metrics = cache.find_json("eval", key)
     if metrics is None:
         metrics = _evaluate(source, model, evaluation)
@@ -217,6 +212,8 @@ def eval_stage(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec, *,
 
 
 def _evaluate(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec) -> dict[str, float]:
+    from slimgpt.pruning.structures import count_params
+
     net, tokenizer = load_model(source, model)
     metrics: dict[str, float] = {"params": count_params(net)}
     started = time.perf_counter()
