@@ -10,7 +10,6 @@ current layer lives on the compute device (layer offload). Statistics forwards s
 
 import contextlib
 import dataclasses
-import resource
 import time
 
 import torch

@@ -85,9 +85,9 @@ def build_job(cfg: DictConfig, *, run_dir: Path, group: str | None = None, overr
 def _cache_dir(configured: str | None) -> Path:
     if configured:
         return Path(configured)
-    from slimgpt.assets import cache_dir
+    from slimgpt.runner.cache import default_root  # the folder slimgpt-cache looks in
 
-    return cache_dir() / "runs"
+    return default_root()
 
 
 def job_from_hydra(cfg: DictConfig) -> Job:
