@@ -176,3 +176,51 @@ def test_track_error_is_zero_before_the_first_pruned_layer_and_grows_after():
                            batch_size=6, progress=False)
     errors = [r.output_error for r in report.layers]
     assert errors[0] == 0.0 and all(e > 0 for e in errors[1:])
+
+
+def test_uneven_last_batch_replays_with_its_own_mask_under_eager_attention():
+    """Captured batches of 5, 5, 2 are replayed as captured (a 3, 3, ... re-split crashed under eager attention)."""
+    model = _slim()
+    model.config._attn_implementation = "eager"
+    reference = _slim()
+    reference.config._attn_implementation = "eager"
+    calibration = CALIB[:12]
+    report = slimgpt.prune(model, calibration, 0.3, schedule="uniform", batch_size=5, track_error=True,
+                           progress=False)
+    assert report.achieved_ratio == pytest.approx(0.3, abs=0.02)
+    inps, batches = capture_inputs(reference, calibration, batch_size=5, device=torch.device("cpu"))
+    assert [b.stop - b.start for b, _ in batches] == [5, 5, 2]
+    for layer in reference.model.layers:
+        forward_layer(layer, inps, batches)
+    torch.testing.assert_close(reference.lm_head(reference.model.norm(inps)), reference(calibration).logits,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_one_layer_range_accepts_every_schedule():
+    for schedule in ("log_increase", "linear_decrease"):
+        report = slimgpt.prune(_slim(num_layers=4), CALIB, 0.1, schedule=schedule, layer_range=(2, 3),
+                               batch_size=6, progress=False)
+        assert [r.params[0] != r.params[1] for r in report.layers] == [False, False, True, False]
+
+
+def test_query_head_plans_the_engine_cannot_meet_are_refused_up_front():
+    """One query head and one FFN channel always stay: a ratio beyond that is refused before any change, and
+    a ratio just inside it is met."""
+    model = _slim(num_layers=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layer 0 would need a ratio of 0.990.*head_granularity=query_head"):
+        slimgpt.prune(model, CALIB, 0.99, schedule="uniform", ratio_of="layers", head_granularity="query_head",
+                      progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    report = slimgpt.prune(model, CALIB, 0.9, schedule="uniform", ratio_of="layers",
+                           head_granularity="query_head", batch_size=6, progress=False)
+    assert report.layer_ratio == pytest.approx(0.9, abs=0.01)
+
+
+def test_ratio_of_layers_is_a_share_of_the_pruned_layers():
+    model = _slim(num_layers=4)
+    report = slimgpt.prune(model, CALIB, 0.5, schedule="uniform", ratio_of="layers", layer_range=(1, 3),
+                           batch_size=6, progress=False)
+    inside = [r for r in report.layers if r.layer in (1, 2)]
+    removed = sum(r.params[0] - r.params[1] for r in inside) / sum(r.params[0] for r in inside)
+    assert removed == pytest.approx(0.5, abs=0.02) and report.ratio_of == "layers"

@@ -28,6 +28,7 @@ from .structures import (
     attention_block,
     channel_params,
     count_params,
+    guaranteed_head_params,
     layer_prunable_params,
     mlp_block,
     remove_channels,
@@ -176,17 +177,25 @@ def plan_ratios(
 
 
 def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], granularity: str) -> None:
-    """Refuses a plan that would have to remove every head or every channel of a layer."""
+    """Refuses, up front, a plan that a layer cannot meet: more than every head but one and every FFN channel but
+    one, counting only the attention parameters certainly freed (see ``guaranteed_head_params``)."""
     for i, (layer, r) in enumerate(zip(model.model.layers, ratios)):
         attn, mlp = layer.self_attn, layer.mlp
-        block = attention_block(attn, attn.kv_map, granularity)
-        unit = count_params(attn) // block.num_units  # an upper bound of what one unit frees
-        removable = (block.num_units - 1) * unit + (mlp.intermediate_size - 1) * channel_params(mlp)
-        if r * layer_prunable_params(layer) > removable:
+        units = attention_block(attn, attn.kv_map, granularity).num_units
+        heads_freed = guaranteed_head_params(attn, granularity, head_units(r, units))
+        channels_needed = round((r * layer_prunable_params(layer) - heads_freed) / channel_params(mlp))
+        if channels_needed > mlp.intermediate_size - 1:
+            most = (heads_freed + (mlp.intermediate_size - 1) * channel_params(mlp)) / layer_prunable_params(layer)
             raise ValueError(
-                f"layer {i} would need a ratio of {r:.3f}, which removes every head or FFN channel; "
-                "lower the ratio or use a flatter schedule"
+                f"layer {i} would need a ratio of {r:.3f}, but with head_granularity={granularity} at most "
+                f"{most:.3f} of it can surely be removed (one head and one FFN channel stay); lower the ratio "
+                "or use a flatter schedule"
             )
+
+
+def head_units(ratio: float, units: int) -> int:
+    """Attention units removed from a layer at ``ratio``: rounded to whole units, at least one kept."""
+    return min(round(ratio * units), units - 1)
 
 
 @contextlib.contextmanager
@@ -322,7 +331,7 @@ def prune_layer(
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     kv_map = attn.kv_map
     block = attention_block(attn, kv_map, granularity, index)
-    num_units = min(round(ratio * block.num_units), block.num_units - 1)
+    num_units = head_units(ratio, block.num_units)
     removed, attn_info = prune_block(layer, block, num_units, inps, batches, pruner)
     if removed:
         remove_heads(attn, kv_map, removed_heads_of(granularity, kv_map, removed))

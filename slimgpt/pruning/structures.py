@@ -156,6 +156,30 @@ def channel_params(mlp: SlimGPTMLP) -> int:
     return 3 * hidden + bias
 
 
+def head_params(attn: SlimGPTAttention) -> tuple[int, int]:
+    """Parameters removed with one query head (its q rows and bias, its o_proj columns) and with one kv head
+    (its k and v rows and biases)."""
+    hd = attn.head_dim
+
+    def rows(linear: nn.Linear) -> int:
+        return hd * linear.in_features + (hd if linear.bias is not None else 0)
+
+    return rows(attn.q_proj) + attn.o_proj.out_features * hd, rows(attn.k_proj) + rows(attn.v_proj)
+
+
+def guaranteed_head_params(attn: SlimGPTAttention, granularity: str, num_units: int) -> int:
+    """Parameters certainly freed when ``num_units`` attention units of ``granularity`` go.
+
+    A kv group frees its query heads and its kv head. Single query heads free a kv head only when none of its
+    query heads is left, which depends on *which* heads go: at least ``num_kv - (num_heads - num_units)`` do.
+    """
+    per_q, per_kv = head_params(attn)
+    heads, kv_heads = attn.num_heads, attn.num_kv_heads
+    if granularity == "kv_group":
+        return num_units * (heads // kv_heads * per_q + per_kv)
+    return num_units * per_q + max(0, kv_heads - (heads - num_units)) * per_kv
+
+
 def add_output_biases(model) -> None:
     """Gives every ``o_proj`` and ``down_proj`` a (zero) bias and records it in the config, for methods that
     compensate removed units through a bias (FLAP). A no-op where the biases exist."""
