@@ -12,18 +12,12 @@ from transformers import AutoModelForCausalLM
 import slimgpt
 from slimgpt.finetune import NonFiniteLossError, alpaca_prompt, build_examples, lora_finetune
 from slimgpt.finetune.data import IGNORE_INDEX, collate, instruction_example, text_examples
-from slimgpt.testing import tiny_model, tiny_tokenizer
+from slimgpt.sources import tiny_model, tiny_tokenizer
 
 FAST = dict(batch_size=8, micro_batch_size=8, max_length=224, lr=5e-3, warmup_steps=1, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run faster on one thread than on two contended ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def records(n: int, seed: int) -> list[dict]:
@@ -51,7 +45,6 @@ def pruned_shape_model() -> slimgpt.SlimGPTForCausalLM:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short LoRA stage on a tiny pruned-shape model: (model before, merged model, metrics, out_dir, logs)."""
-    torch.set_num_threads(1)
     model = pruned_shape_model()
     before = copy.deepcopy(model)
     out_dir = tmp_path_factory.mktemp("lora")
