@@ -87,9 +87,9 @@ class TinySpec:
     def __post_init__(self):
         if self.family not in TINY_FAMILIES:
             raise ValueError(f"unknown tiny model family '{self.family}'; choose 'llama' or 'qwen2'")
-        sizes = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("family", "seed")}
-        for key, value in sizes.items():
-            if key != "tie_word_embeddings" and not (isinstance(value, int) and value > 0):
+        for key in ("num_layers", "hidden", "heads", "kv_heads", "ffn"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"tiny model {key}={value!r} must be a positive integer")
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ValueError(f"tiny model hidden={self.hidden}, heads={self.heads}, kv_heads={self.kv_heads}: hidden "
