@@ -1,7 +1,7 @@
 """SlimGPT: layer-wise structured pruning of LLaMA-family LLMs with Optimal Brain Surgeon.
 
 Public API (see README):
-    load_model(name_or_path) -> (model, tokenizer)
+    load_model(name_or_path) -> (model, tokenizer)   # "smollm2-135m", a directory, a hub id, "tiny:llama"
     calibration_data(source, tokenizer, num_samples, seq_len, seed=0) -> LongTensor[n, seq_len]
     prune(model, calibration, ratio, schedule="log_increase", method="slimgpt", **options) -> PruneReport
     perplexity(model, tokenizer, corpus, seq_len=128, split="test") -> float
@@ -14,7 +14,7 @@ from .modeling import SlimGPTConfig, SlimGPTForCausalLM, as_slim
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "slimgpt.models",
+    "load_model": "slimgpt.sources",
     "calibration_data": "slimgpt.data",
     "prune": "slimgpt.pruning",
     "perplexity": "slimgpt.eval.perplexity",

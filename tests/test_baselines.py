@@ -16,7 +16,9 @@ from slimgpt.pruning.methods.flap import FLAP
 from slimgpt.pruning.methods.llm_pruner import LLMPruner, default_layer_range, ratio_from_pruning_ratio
 from slimgpt.pruning.stats import InputStats
 from slimgpt.pruning.structures import add_output_biases, attention_block, mlp_block
-from slimgpt.testing import replay_method, tiny_model
+
+from helpers import replay_method
+from helpers import slim_tiny as _slim
 
 BASELINES = ["magnitude", "wanda_sp", "flap", "random", "llm_pruner"]
 CALIB = torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
@@ -24,17 +26,7 @@ IDS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
 ROW = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than several (no spin-waiting on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _slim(family="llama", **kw):
-    return slimgpt.as_slim(tiny_model(family, heads=8, kv_heads=2, ffn=128, **kw))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the scores, written out from their definitions -------------------------------------------------------

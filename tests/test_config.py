@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from slimgpt.runner import specs
 from slimgpt.runner.cli import CONF_DIR, TOP_LEVEL_KEYS, build_job, build_spec, compose_config
-from slimgpt.runner.logging import Logger
+from slimgpt.runner.loggers import Logger
 
 CONF = CONF_DIR
 GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "logger", "launcher")
@@ -80,7 +80,7 @@ def test_every_experiment_debug_and_sweep_file_builds_a_job(group, tmp_path):
 
 def test_debug_default_is_tiny_and_runs_all_stages(tmp_path):
     job = build_job(compose_cfg("debug=default", tmp=tmp_path), run_dir=tmp_path)
-    assert job.model.name == "tiny" and job.calib.num_samples <= 16
+    assert job.model.name == "tiny:llama" and job.calib.num_samples <= 16
     assert job.stages == specs.STAGES and len(job.finetune.stages) == 1
     assert job.evaluation.zeroshot.limit <= 8
 
@@ -177,7 +177,7 @@ def test_every_pruner_option_prunes_a_tiny_model_with_its_options(option):
     import slimgpt
     from slimgpt.pruning.engine import prune_model
     from slimgpt.pruning.schedules import Schedule
-    from slimgpt.testing import tiny_model
+    from slimgpt.sources import tiny_model
 
     spec = build_spec(compose_cfg(f"pruner={option}"), "pruner")
     model = slimgpt.as_slim(tiny_model(num_layers=2))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from slimgpt.data import calibration_data
-from slimgpt.testing import tiny_tokenizer
+from slimgpt.sources import tiny_tokenizer
 
 DOCS = [f"Document number {i} says something different about topic {i * 7}." for i in range(40)]
 

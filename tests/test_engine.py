@@ -8,14 +8,13 @@ import slimgpt
 from slimgpt.pruning.engine import capture_inputs, forward_layer
 from slimgpt.pruning.methods.slimgpt import SlimGPT
 from slimgpt.pruning.structures import remove_channels, remove_heads
-from slimgpt.testing import replay_method, tiny_model
+from slimgpt.sources import tiny_model
+
+from helpers import replay_method
+from helpers import slim_tiny as _slim
 
 CALIB = torch.randint(0, 256, (12, 24), generator=torch.Generator().manual_seed(0))
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
-
-
-def _slim(family="llama", **kw):
-    return slimgpt.as_slim(tiny_model(family, heads=8, kv_heads=2, ffn=128, **kw))
 
 
 def test_ratio_zero_is_identity(family):

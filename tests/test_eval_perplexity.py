@@ -5,7 +5,7 @@ import torch
 
 import slimgpt
 from slimgpt.eval.perplexity import perplexity, perplexity_stats, tokenize_stream
-from slimgpt.testing import TINY_VOCAB, tiny_model, tiny_tokenizer
+from slimgpt.sources import TINY_VOCAB, tiny_model, tiny_tokenizer
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",

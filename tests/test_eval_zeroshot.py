@@ -4,7 +4,7 @@ import math
 import pytest
 
 from slimgpt.eval import zeroshot as zs
-from slimgpt.testing import tiny_model, tiny_tokenizer
+from slimgpt.sources import tiny_model, tiny_tokenizer
 
 ARC_CHOICES = {"text": ["a rock", "the sun", "a cloud", "the sea"], "label": ["A", "B", "C", "D"]}
 

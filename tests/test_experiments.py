@@ -12,7 +12,7 @@ import pytest
 
 from slimgpt import figures_cli, plots
 from slimgpt.runner.cli import CONF_DIR, build_job, compose_config
-from slimgpt.runner.logging import NoneLogger
+from slimgpt.runner.loggers import NoneLogger
 from slimgpt.runner.pipeline import run_job
 from slimgpt.runner.results import read_json, write_json_atomic
 

@@ -12,18 +12,12 @@ from transformers import AutoModelForCausalLM
 import slimgpt
 from slimgpt.finetune import NonFiniteLossError, alpaca_prompt, build_examples, lora_finetune
 from slimgpt.finetune.data import IGNORE_INDEX, collate, instruction_example, text_examples
-from slimgpt.testing import tiny_model, tiny_tokenizer
+from slimgpt.sources import tiny_model, tiny_tokenizer
 
 FAST = dict(batch_size=8, micro_batch_size=8, max_length=224, lr=5e-3, warmup_steps=1, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run faster on one thread than on two contended ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def records(n: int, seed: int) -> list[dict]:
@@ -51,7 +45,6 @@ def pruned_shape_model() -> slimgpt.SlimGPTForCausalLM:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short LoRA stage on a tiny pruned-shape model: (model before, merged model, metrics, out_dir, logs)."""
-    torch.set_num_threads(1)
     model = pruned_shape_model()
     before = copy.deepcopy(model)
     out_dir = tmp_path_factory.mktemp("lora")
@@ -197,3 +190,20 @@ def test_bad_data_is_named(tmp_path):
     small.resize_token_embeddings(100)
     with pytest.raises(ValueError, match="tokenizer has 259 tokens but the model's vocabulary has only 100"):
         lora_finetune(small, tok, records(2, 0), records(2, 1), out_dir=tmp_path)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """The loss and the update of a step are the mean over all target tokens of the effective batch, however
+    many micro-batches it is cut into."""
+    results = []
+    for micro in (8, 3):
+        model = slimgpt.as_slim(tiny_model("llama", num_layers=2))
+        merged, metrics = lora_finetune(model, tiny_tokenizer(), records(16, 0), records(4, 1),
+                                        out_dir=tmp_path / str(micro), max_steps=3,
+                                        **{**FAST, "micro_batch_size": micro, "dropout": 0.0})  # fmt: skip
+        layers = merged.model.layers
+        results.append((metrics["train_loss_curve"], layers[0].self_attn.q_proj.weight, layers[1].mlp.down_proj.weight))
+    (curve8, *weights8), (curve3, *weights3) = results
+    assert curve8 == pytest.approx(curve3, rel=1e-5) and curve8[-1] < curve8[0]
+    for big, small in zip(weights8, weights3):
+        torch.testing.assert_close(small, big, rtol=1e-4, atol=1e-6)

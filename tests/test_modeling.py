@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import slimgpt
-from slimgpt.testing import tiny_model
+from slimgpt.sources import tiny_model
 
 
 def test_as_slim_computes_the_same_function(family):

@@ -13,9 +13,9 @@ from slimgpt.runner import cache_cli
 from slimgpt.runner import cache as run_cache
 from slimgpt.runner.cache import DATA_FILE, MARKER, ArtifactCache, signature
 from slimgpt.runner.cli import build_job, compose_config
-from slimgpt.runner.logging import NoneLogger
+from slimgpt.runner.loggers import NoneLogger
 from slimgpt.runner.pipeline import run_job
-from slimgpt.testing import tiny_model, tiny_tokenizer
+from slimgpt.sources import tiny_model, tiny_tokenizer
 
 WEIGHTS = "model.safetensors"
 

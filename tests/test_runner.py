@@ -8,39 +8,19 @@ import pytest
 
 from slimgpt.runner import report
 from slimgpt.runner.cache import ArtifactCache, signature
-from slimgpt.runner.logging import DiskLogger, NoneLogger, WandbLogger, logged_run
+from slimgpt.runner.loggers import DiskLogger, NoneLogger, WandbLogger, logged_run
 from slimgpt.runner.pipeline import Job, run_job
 from slimgpt.runner.results import read_json, write_json_atomic
 from slimgpt.runner.specs import (CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, PerplexitySpec, PrunerSpec,
                                   ScheduleSpec)
 
-
-class RecordingLogger(NoneLogger):
-    """Keeps every call, to check what the runner logs and that it always closes."""
-
-    def __init__(self):
-        self.events = []
-
-    def start(self, **kwargs):
-        self.events.append(("start", kwargs["name"]))
-
-    def log(self, metrics):
-        self.events.append(("log", metrics))
-
-    def log_table(self, key, columns, rows):
-        self.events.append(("table", key))
-
-    def summary(self, values):
-        self.events.append(("summary", values))
-
-    def close(self, status):
-        self.events.append(("close", status))
+from helpers import RecordingLogger
 
 
 def tiny_job(tmp_path: Path, **changes) -> Job:
     """A job on the tiny model; ``changes`` replace Job fields."""
     values = dict(
-        model=ModelSpec(name="tiny", tiny={"num_layers": 2, "seed": 0}),
+        model=ModelSpec(name="tiny:llama?num_layers=2"),
         calib=CalibSpec(source="wiki", num_samples=4, seq_len=32),
         pruner=PrunerSpec(method="slimgpt", ratio=0.2), schedule=ScheduleSpec(name="log_increase"),
         finetune=FinetuneSpec(), evaluation=EvalSpec(perplexity=PerplexitySpec(seq_len=32, max_tokens=256)),
@@ -132,12 +112,12 @@ def test_wandb_mode_follows_the_environment(monkeypatch):
 
 def test_a_failing_job_keeps_its_results_and_closes_the_logger(tmp_path):
     logger = RecordingLogger()
-    job = tiny_job(tmp_path, model=ModelSpec(name="tiny", tiny={"family": "gpt2"}), stages=("eval",))
+    job = tiny_job(tmp_path, model=ModelSpec(name="tiny:gpt2"), stages=("eval",))
     with pytest.raises(ValueError, match="unknown tiny model family 'gpt2'"):
         run_job(job, logger)
     record = read_json(tmp_path / "run" / "results.json")
     assert record["status"] == "failed" and "gpt2" in record["error"]
-    assert record["versions"]["torch"] and record["specs"]["model"]["name"] == "tiny"
+    assert record["versions"]["torch"] and record["specs"]["model"]["name"] == "tiny:gpt2"
     assert logger.events[-1] == ("close", "failed")
     rows = report.record_rows(record)
     assert len(rows) == 1 and rows[0]["status"] == "failed"

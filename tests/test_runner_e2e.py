@@ -13,11 +13,11 @@ import pytest
 
 from slimgpt.runner import report
 from slimgpt.runner.cli import build_job, compose_config
-from slimgpt.runner.logging import WandbLogger
+from slimgpt.runner.loggers import WandbLogger
 from slimgpt.runner.pipeline import run_job
 from slimgpt.runner.results import read_json
 
-from test_runner import RecordingLogger
+from helpers import RecordingLogger
 
 #: The smoke settings: debug=default (tiny model, all three stages) with a dense baseline row.
 SMOKE = ["debug=default", "baseline=true", "eval.perplexity.max_tokens=1024"]

@@ -15,7 +15,7 @@ Every function preparing an asset takes an optional ``cache`` directory argument
 from .cache import ENV_CACHE, cache_dir
 from .catalog import CATALOG, AssetSpec, UnknownAssetError, prepare, prepared, verify
 from .instructions import instruction_data
-from .models import model_dir
+from .pretrained import model_dir
 from .registry import ENV_WHEELHOUSE, RegistryError, Wheel
 from .tasks import TASKS, zeroshot_data
 from .text import text_corpus

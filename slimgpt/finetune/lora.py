@@ -3,28 +3,25 @@ with a cosine schedule and warmup, an effective batch by gradient accumulation, 
 
 One call is one recovery stage; the experiment framework chains stages (e.g. a short one, then a long one) by
 calling :func:`lora_finetune` again on the merged model it returned, each stage with its own ``out_dir`` and
-``log_prefix``. Training runs through ``accelerate``: one process on CPU or one GPU as is, several GPUs under
-``accelerate launch`` (data-parallel; each process takes a slice of every effective batch).
+``log_prefix``. Training is one process on the device the model is on (CPU or one GPU); there is no
+multi-GPU (data-parallel) path.
 """
 
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup, set_seed
 
+from ..io import atomic_dir, read_json, write_json_atomic
 from .data import IGNORE_INDEX, Example, build_examples, collate
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -75,7 +72,8 @@ def lora_finetune(
 
     Args:
         model: the (pruned) causal LM, usually a ``SlimGPTForCausalLM``. It is modified in place (adapters are
-            merged into its weights) and returned, still of its own class, in eval mode.
+            merged into its weights) and returned, still of its own class, in eval mode. Training runs on the
+            device it is on.
         tokenizer: its tokenizer (``len(tokenizer)`` must not exceed the model's vocabulary).
         train, eval: Alpaca records (dicts with instruction, input, output; prompt template of LLM-Pruner,
             loss on the response only unless ``train_on_inputs``) or plain-text documents (strs: joined by
@@ -96,7 +94,7 @@ def lora_finetune(
             and perplexity are also measured before the first and after the last step.
         precision: "auto" (bf16 autocast on a CUDA device that supports it, else fp32), "no", or "bf16".
         seed: shuffling and adapter initialisation.
-        log_fn: called as ``log_fn({f"{log_prefix}/train/loss": ..., ...}, step)`` on the main process.
+        log_fn: called as ``log_fn({f"{log_prefix}/train/loss": ..., ...}, step)``.
         progress: show a tqdm bar with the loss.
 
     Returns:
@@ -166,21 +164,18 @@ def _check_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tar
 
 
 class _Trainer:
-    """The state of one recovery stage: the peft model, optimizer, schedule, counters and logging."""
+    """The state of one recovery stage: the peft model, counters, logging and saving."""
 
     def __init__(self, model, tokenizer, settings: dict, out_dir: Path, log_fn: LogFn | None, prefix: str):
         self.s, self.tokenizer, self.out_dir = settings, tokenizer, out_dir
         self.log_fn, self.prefix = log_fn, prefix
-        # Buffers (rotary tables, kv index) are deterministic: no per-forward broadcast, so processes may run
-        # different numbers of forward passes.
-        self.acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        self.device = model.device
         set_seed(settings["seed"])
         lora = LoraConfig(
             r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
             target_modules=list(settings["target_modules"]), bias="none", task_type="CAUSAL_LM",
         )  # fmt: skip
         self.peft = get_peft_model(model, lora)
-        self.model = self.peft  # the training handle (DDP-wrapped under several processes)
         self.pad_id = _pad_id(tokenizer)
         self.step, self.tokens, self.targets = 0, 0, 0
         self.losses: list[float] = []
@@ -192,14 +187,12 @@ class _Trainer:
         s = self.s
         total = s["max_steps"] or s["epochs"] * math.ceil(len(train_ex) / s["batch_size"])
         every = s["eval_every"] or max(1, total // 4)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.peft.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
         scheduler = get_cosine_schedule_with_warmup(optimizer, s["warmup_steps"], total)
-        self.model, optimizer = self.acc.prepare(self.model, optimizer)
-        self._any_example = train_ex[:1]
         self.evaluate(eval_ex)
         start = time.perf_counter()
-        bar = tqdm(total=total, desc="LoRA", disable=not (progress and self.acc.is_main_process))
+        bar = tqdm(total=total, desc="LoRA", disable=not progress)
         for batch in _effective_batches(train_ex, s["batch_size"], s["seed"], total):
             loss, norm = self.train_step(batch, optimizer, params)
             scheduler.step()
@@ -216,60 +209,51 @@ class _Trainer:
         return self._metrics(seconds, len(train_ex))
 
     def train_step(self, batch: list[Example], optimizer, params: list[nn.Parameter]) -> tuple[float, float]:
-        """One optimizer step on an effective batch; returns (mean loss per target token, gradient norm).
-
-        Every process reaches the same verdict on a NaN/inf: the loss and the gradient norm are global."""
-        self.model.train()
-        mine = _shard(batch, self.acc)
-        total_targets = self._reduce(sum(ex.num_targets for ex in mine))
-        loss = self._reduce(self._accumulate(mine, total_targets)) / total_targets
+        """One optimizer step on an effective batch; returns (mean loss per target token, gradient norm)."""
+        self.peft.train()
+        total_targets = sum(ex.num_targets for ex in batch)
+        loss = self._accumulate(batch, total_targets) / total_targets
         self._check_finite(loss, "loss")
-        norm = float(self.acc.clip_grad_norm_(params, self.s["max_grad_norm"] or math.inf))
+        norm = float(nn.utils.clip_grad_norm_(params, self.s["max_grad_norm"] or math.inf))
         self._check_finite(norm, "gradient norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.targets += total_targets
-        self.tokens += self._reduce(sum(len(ex.input_ids) for ex in mine))
+        self.tokens += sum(len(ex.input_ids) for ex in batch)
         self.losses.append(loss)
         return loss, norm
 
-    def _accumulate(self, mine: list[Example], total_targets: float) -> float:
-        """Forward/backward over this process's examples in micro-batches, gradients of the global mean loss
-        accumulating; returns this process's summed loss. DDP syncs gradients only on the last micro-batch
-        (a process without examples runs one zero-weighted micro-batch so that it joins that sync)."""
+    def _accumulate(self, batch: list[Example], total_targets: int) -> float:
+        """Forward/backward over ``batch`` in micro-batches; the gradients of the batch's mean loss per target
+        token accumulate. Returns the summed loss."""
         micro = self.s["micro_batch_size"]
-        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)] or [None]
         loss_sum = 0.0
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            with nullcontext() if last else self.acc.no_sync(self.model):
-                part = self._loss_sum(self.model, collate(chunk or self._any_example, self.pad_id))
-                weight = 0.0 if chunk is None else self.acc.num_processes / total_targets
-                # DDP averages gradients over processes: the weight makes the result the global token mean.
-                self.acc.backward(part * weight)
-            loss_sum += part.item() if chunk is not None else 0.0
+        for i in range(0, len(batch), micro):
+            part = self._loss_sum(collate(batch[i : i + micro], self.pad_id))
+            (part * (1 / total_targets)).backward()
+            loss_sum += part.item()
         return loss_sum
 
     @torch.no_grad()
     def evaluate(self, examples: list[Example]) -> float:
         """Held-out mean loss per target token (logged with its perplexity); returns the loss."""
-        self.peft.eval()  # not the DDP wrapper: evaluation needs no gradient sync
-        mine = _shard(sorted(examples, key=lambda ex: len(ex.input_ids)), self.acc)
+        self.peft.eval()
+        ordered = sorted(examples, key=lambda ex: len(ex.input_ids))  # less padding per micro-batch
         micro = self.s["micro_batch_size"]
-        loss_sum = sum(self._loss_sum(self.peft, collate(mine[i : i + micro], self.pad_id)).item()
-                       for i in range(0, len(mine), micro))  # fmt: skip
-        loss = self._reduce(loss_sum) / self._reduce(sum(ex.num_targets for ex in mine))
+        loss_sum = sum(self._loss_sum(collate(ordered[i : i + micro], self.pad_id)).item()
+                       for i in range(0, len(ordered), micro))  # fmt: skip
+        loss = loss_sum / sum(ex.num_targets for ex in ordered)
         ppl = math.exp(loss) if loss < 700 else math.inf
         self.evals.append({"step": self.step, "loss": loss, "ppl": ppl})
         self._log({"eval/loss": loss, "eval/ppl": ppl})
         return loss
 
-    def _loss_sum(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed next-token cross-entropy of ``module`` over the target tokens of ``batch`` (0-d, fp32)."""
-        batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed next-token cross-entropy over the target tokens of ``batch`` (0-d, fp32)."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._autocast():
-            logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = self.peft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # logits [batch, seq, vocab] predict token t+1 from position t.
         logits = logits[:, :-1].float()
         return F.cross_entropy(
@@ -279,17 +263,10 @@ class _Trainer:
 
     def _autocast(self):
         """bf16 autocast when asked for (or "auto" on a bf16-capable CUDA device), else a no-op."""
-        device = self.acc.device
         want = self.s["precision"] == "bf16" or (
-            self.s["precision"] == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+            self.s["precision"] == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         )
-        return torch.autocast(device.type, dtype=torch.bfloat16) if want else nullcontext()
-
-    def _reduce(self, value: float) -> float:
-        """Sum of a Python number over all processes (the number itself on one process)."""
-        if self.acc.num_processes == 1:
-            return value
-        return self.acc.reduce(torch.tensor(float(value), device=self.acc.device), "sum").item()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if want else nullcontext()
 
     # ----- failure, logging, saving ------------------------------------------------------------------------
     def _check_finite(self, value: float, what: str) -> None:
@@ -312,31 +289,26 @@ class _Trainer:
         )
 
     def _log(self, values: dict) -> None:
-        if self.log_fn is not None and self.acc.is_main_process:
+        if self.log_fn is not None:
             self.log_fn({f"{self.prefix}/{k}": v for k, v in values.items()}, self.step)
 
     def save_adapter(self) -> None:
         """Writes the adapter alone (peft safetensors) and the step it was taken at to ``out_dir/adapter``."""
-        if not self.acc.is_main_process:
-            return
         state = {"step": self.step, "train_loss": self.losses[-1] if self.losses else None,
                  "eval": self.evals[-1] if self.evals else None, "settings": self.s}  # fmt: skip
-        with _atomic_dir(self.out_dir / "adapter") as tmp:
+        with atomic_dir(self.out_dir / "adapter") as tmp:
             self.peft.save_pretrained(tmp, safe_serialization=True)
-            (tmp / "training_state.json").write_text(json.dumps(state, indent=2))
+            write_json_atomic(tmp / "training_state.json", state)
 
     def finish(self, metrics: dict) -> tuple[PreTrainedModel, dict]:
         """Saves the final adapter, merges it, saves the merged model and the metrics."""
-        self.acc.wait_for_everyone()
         self.save_adapter()
         merged = self.peft.merge_and_unload()
         merged.eval()
-        if self.acc.is_main_process:
-            with _atomic_dir(self.out_dir / "merged") as tmp:
-                merged.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-            _write_json(self.out_dir / "metrics.json", metrics)
-        self.acc.wait_for_everyone()
+        with atomic_dir(self.out_dir / "merged") as tmp:
+            merged.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        write_json_atomic(self.out_dir / "metrics.json", metrics)
         return merged, metrics
 
     def _metrics(self, seconds: float, num_train: int) -> dict:
@@ -379,11 +351,6 @@ def _effective_batches(examples: list[Example], batch_size: int, seed: int, step
             done += 1
 
 
-def _shard(examples: list[Example], acc: Accelerator) -> list[Example]:
-    """This process's share of ``examples`` (all of them on one process)."""
-    return examples[acc.process_index :: acc.num_processes]
-
-
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """Padding id: the tokenizer's pad token, else EOS, else 0 (padding is masked out anyway)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
@@ -394,32 +361,7 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def _saved_step(adapter_dir: Path) -> int | None:
     state = adapter_dir / "training_state.json"
-    return json.loads(state.read_text())["step"] if state.exists() else None
-
-
-@contextmanager
-def _atomic_dir(final: Path):
-    """Yields a fresh temporary directory next to ``final``; on success it replaces ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    return read_json(state)["step"] if state.exists() else None
 
 
 __all__ = ["LORA_TARGETS", "NonFiniteLossError", "lora_finetune"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import ArtifactCache
-from .logging import Logger, logged_run
+from .loggers import Logger, logged_run
 from .results import peak_memory_mb, read_json, versions, write_json_atomic
 from .specs import STAGES, CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
 from .stages import ModelArtifact, dense_artifact, eval_stage, finetune_stage, prune_stage

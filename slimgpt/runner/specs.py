@@ -40,29 +40,24 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to start from: an asset name (``smollm2-135m``), a hub id, a local path, or ``tiny``.
-
-    ``tiny`` builds ``slimgpt.testing.tiny_model(**tiny)`` (random, deterministic) with the byte tokenizer.
-    """
+    """Which model to start from: a name ``slimgpt.load_model`` knows (an asset such as ``smollm2-135m``, a
+    hub id, a local path, or a tiny random model ``tiny:llama?num_layers=2``), its dtype and device."""
 
     name: str
     dtype: str = "float32"
     device: str = "cpu"
-    tiny: dict | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "tiny", _plain(self.tiny))
         _require(bool(self.name), "model.name must be a model name, hub id or path, got an empty value")
         _require(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {list(DTYPES)}")
         _require(
             self.device == "cpu" or self.device.startswith("cuda"),
             f"model.device={self.device!r}; use 'cpu' or 'cuda[:N]'",
         )
-        _require((self.name == "tiny") == (self.tiny is not None), "model.tiny (sizes) is set iff model.name=tiny")
 
     def identity(self) -> dict:
         """The fields that determine the weights (the device does not)."""
-        return {"name": self.name, "dtype": self.dtype, "tiny": self.tiny}
+        return {"name": self.name, "dtype": self.dtype}
 
 
 @dataclass(frozen=True)

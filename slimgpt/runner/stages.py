@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .cache import EVAL_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
-from .logging import Logger
+from .loggers import Logger
 from .specs import CalibSpec, EvalSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,12 @@ def dense_artifact(model: ModelSpec) -> ModelArtifact:
     return ModelArtifact(label="dense", key=signature({"model": model.identity()}))
 
 
-def load_model(artifact: ModelArtifact, model: ModelSpec):
-    """Loads ``artifact`` as ``(SlimGPTForCausalLM, tokenizer)`` in ``model.dtype`` on ``model.device``."""
-    dtype = getattr(torch, model.dtype)
-    if artifact.path is None and model.name == "tiny":
-        from slimgpt import as_slim
-        from slimgpt.testing import tiny_model, tiny_tokenizer
+def load_artifact(artifact: ModelArtifact, model: ModelSpec):
+    """Loads ``artifact`` as ``(SlimGPTForCausalLM, tokenizer)`` in ``model.dtype`` on ``model.device``: the
+    dense model by its name (``slimgpt.load_model``), any other artifact from its checkpoint folder."""
+    from slimgpt import load_model
 
-        return as_slim(tiny_model(**model.tiny)).to(device=model.device, dtype=dtype), tiny_tokenizer()
-    from slimgpt import load_model as load_named  # asset name, hub id, or a saved (pruned) checkpoint folder
-
-    return load_named(str(artifact.path or model.name), dtype=dtype, device=model.device)
+    return load_model(str(artifact.path or model.name), dtype=getattr(torch, model.dtype), device=model.device)
 
 
 def _save_checkpoint(net, tokenizer):
@@ -96,7 +91,7 @@ def _prune_and_store(source, model, calib, pruner, schedule, cache, key) -> dict
     import slimgpt
     from slimgpt.pruning.engine import prune_model
 
-    net, tokenizer = load_model(source, model)
+    net, tokenizer = load_artifact(source, model)
     calibration = slimgpt.calibration_data(calib.source, tokenizer, calib.num_samples, calib.seq_len,
                                            seed=calib.seed)  # [num_samples, seq_len]
     log.info("prune: %s to ratio %.3f of %s parameters, schedule %s", pruner.method, pruner.ratio,
@@ -174,7 +169,7 @@ def _lora_train_and_store(source, model, stage: LoraSpec, cache, key, prefix: st
     from slimgpt.assets import instruction_data
     from slimgpt.finetune.lora import lora_finetune
 
-    net, tokenizer = load_model(source, model)
+    net, tokenizer = load_artifact(source, model)
     train = instruction_data(stage.data, "train")[: stage.train_examples]
     held_out = instruction_data(stage.data, "test")[: stage.eval_examples]
     log.info("finetune: LoRA on %d %s examples", len(train), stage.data)
@@ -214,7 +209,7 @@ def eval_stage(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec, *,
 def _evaluate(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec) -> dict[str, float]:
     from slimgpt.pruning.structures import count_params
 
-    net, tokenizer = load_model(source, model)
+    net, tokenizer = load_artifact(source, model)
     metrics: dict[str, float] = {"params": count_params(net)}
     started = time.perf_counter()
     if (ppl := evaluation.perplexity) is not None:
@@ -240,4 +235,4 @@ def zeroshot_metrics(scores: dict) -> dict[str, float]:
     return flat
 
 
-__all__ = ["ModelArtifact", "dense_artifact", "eval_stage", "finetune_stage", "load_model", "prune_stage"]
+__all__ = ["ModelArtifact", "dense_artifact", "eval_stage", "finetune_stage", "load_artifact", "prune_stage"]
