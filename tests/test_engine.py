@@ -223,3 +223,18 @@ def test_ratio_of_layers_is_a_share_of_the_pruned_layers():
     inside = [r for r in report.layers if r.layer in (1, 2)]
     removed = sum(r.params[0] - r.params[1] for r in inside) / sum(r.params[0] for r in inside)
     assert removed == pytest.approx(0.5, abs=0.02) and report.ratio_of == "layers"
+
+
+def test_pruning_a_pruned_model_again_says_so(caplog):
+    model = _slim(num_layers=2)
+    slimgpt.prune(model, CALIB, 0.0, progress=False)
+    assert "pruned before" not in caplog.text
+    slimgpt.prune(model, CALIB, 0.2, batch_size=6, progress=False)
+    assert "pruned before" not in caplog.text
+    slimgpt.prune(model, CALIB, 0.1, batch_size=6, progress=False)
+    assert "this model was pruned before" in caplog.text
+
+
+def test_calibration_windows_need_context():
+    with pytest.raises(ValueError, match="calibration seq_len must be >= 2"):
+        slimgpt.prune(_slim(num_layers=2), CALIB[:, :1], 0.2, progress=False)

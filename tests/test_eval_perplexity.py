@@ -84,3 +84,9 @@ def test_tokenizer_larger_than_model_vocab_fails():
     model.resize_token_embeddings(200)
     with pytest.raises(ValueError, match="259 tokens but the model's embedding has 200 rows"):
         perplexity(model, tiny_tokenizer(), DOCS)
+
+
+def test_a_window_longer_than_the_context_is_refused():
+    model = tiny_model("llama")  # max_position_embeddings 512
+    with pytest.raises(ValueError, match="seq_len=1024 exceeds the model's context of 512"):
+        perplexity(model, tiny_tokenizer(), DOCS * 200, seq_len=1024)

@@ -91,6 +91,8 @@ register(AssetSpec(
 OFFLINE_SPLITS = ("train", "test")
 #: instruction sets usable as plain text (instruction-style calibration, paper Table 14)
 INSTRUCTION_CORPORA = ("sharegpt", "alpaca-cleaned")
+#: every name ``text_corpus`` knows (offline and online)
+TEXT_CORPORA = ("wiki", *HUB_CORPORA, *INSTRUCTION_CORPORA)
 
 
 def instruction_text(record: dict) -> str:
@@ -113,8 +115,7 @@ def text_corpus(name: str, split: str, cache: str | os.PathLike | None = None) -
         from .instructions import instruction_data
 
         return [instruction_text(record) for record in instruction_data(name, split, cache)]
-    known = ", ".join(["wiki", *HUB_CORPORA, *INSTRUCTION_CORPORA])
-    raise UnknownAssetError(f"unknown text corpus '{name}'; known: {known}")
+    raise UnknownAssetError(f"unknown text corpus '{name}'; known: {', '.join(TEXT_CORPORA)}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -67,6 +67,9 @@ def perplexity_stats(
     start = time.perf_counter()
     _check_args(seq_len, batch_size, max_tokens)
     check_vocab(model, tokenizer)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and seq_len > context:
+        raise ValueError(f"seq_len={seq_len} exceeds the model's context of {context} tokens (max_position_embeddings)")
     docs = documents(corpus, split)
     stream = tokenize_stream(tokenizer, docs, max_tokens)
     windows = to_windows(stream, seq_len, corpus)

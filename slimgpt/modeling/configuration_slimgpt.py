@@ -50,6 +50,12 @@ class SlimGPTConfig(LlamaConfig):
         if self.down_proj_bias is None:
             self.down_proj_bias = self.mlp_bias
 
+    def is_pruned(self) -> bool:
+        """Whether any layer is narrower than the dense architecture the config describes."""
+        return (any(h != self.num_attention_heads for h in self.layer_num_heads)
+                or any(k != self.num_key_value_heads for k in self.layer_num_key_value_heads)
+                or any(f != self.intermediate_size for f in self.layer_intermediate_sizes))
+
     def validate_architecture(self):
         """Checks that the per-layer lists agree with each other (a stale list means a wrong model)."""
         n = self.num_hidden_layers

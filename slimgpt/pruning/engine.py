@@ -10,6 +10,7 @@ current layer lives on the compute device (layer offload). Statistics forwards s
 
 import contextlib
 import dataclasses
+import logging
 import time
 
 import torch
@@ -35,6 +36,9 @@ from .structures import (
     remove_heads,
     removed_heads_of,
 )
+
+log = logging.getLogger(__name__)
+
 
 class _StopForward(Exception):
     """Raised by a hook once it has what it needs: the rest of the forward pass is skipped."""
@@ -96,6 +100,9 @@ def prune_model(
 ) -> PruneReport:
     """The layer loop: prunes ``model`` in place with typed options (see :func:`prune` for the arguments)."""
     check_inputs(model, calibration, ratio, ratio_of)
+    if model.config.is_pruned():
+        log.warning("this model was pruned before (per-layer widths differ); pruning it again removes "
+                    "%s of its *current* parameters", f"{ratio:.1%}")
     pruner = method
     layers = model.model.layers
     weights = [layer_prunable_params(layer) for layer in layers]
@@ -141,6 +148,8 @@ def check_inputs(model, calibration: torch.Tensor, ratio: float, ratio_of: str) 
         raise ValueError(f"calibration must be a LongTensor[num_samples, seq_len], got {got}")
     if calibration.numel() == 0:
         raise ValueError("calibration is empty")
+    if calibration.shape[1] < 2:
+        raise ValueError(f"calibration seq_len must be >= 2 (attention needs context), got {calibration.shape[1]}")
     context = model.config.max_position_embeddings
     if calibration.shape[1] > context:
         raise ValueError(f"calibration seq_len {calibration.shape[1]} exceeds the model's context {context}")

@@ -9,6 +9,8 @@ only their declared fields).
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..assets.text import TEXT_CORPORA
+from ..eval.zeroshot import TASKS as ZEROSHOT_TASKS
 from ..pruning.methods import Method, make_method
 from ..pruning.options import EngineOptions, check_ratio
 from ..pruning.schedules import Schedule as ScheduleSpec  # the schedule is its own typed spec (conf/schedule)
@@ -70,8 +72,9 @@ class CalibSpec:
     seed: int = 0
 
     def __post_init__(self):
-        _require(bool(self.source), "calib.source must name a corpus (wiki, c4, sharegpt, ...)")
+        _require(self.source in TEXT_CORPORA, f"calib.source={self.source!r} is not one of {list(TEXT_CORPORA)}")
         _check_positive("calib", num_samples=self.num_samples, seq_len=self.seq_len)
+        _require(self.seq_len >= 2, f"calib.seq_len={self.seq_len} must be >= 2 (a window needs context)")
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,11 @@ class PerplexitySpec:
     def __post_init__(self):
         corpora = tuple(_plain(self.corpora) or ())
         _require(len(corpora) > 0, "eval.perplexity.corpora must list at least one corpus")
+        unknown = [c for c in corpora if c not in TEXT_CORPORA]
+        _require(not unknown, f"eval.perplexity.corpora: unknown corpus {unknown}; known: {list(TEXT_CORPORA)}")
         object.__setattr__(self, "corpora", corpora)
         _check_positive("eval.perplexity", seq_len=self.seq_len, batch_size=self.batch_size, max_tokens=self.max_tokens)
+        _require(self.seq_len >= 2, f"eval.perplexity.seq_len={self.seq_len} must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,8 @@ class ZeroshotSpec:
         _require(self.source in ("local", "hub"), f"eval.zeroshot.source={self.source!r}; allowed: local, hub")
         tasks = tuple(_plain(self.tasks) or ())
         _require(len(tasks) > 0, "eval.zeroshot.tasks must list at least one task")
+        unknown = [t for t in tasks if t not in ZEROSHOT_TASKS]
+        _require(not unknown, f"eval.zeroshot.tasks: unknown task {unknown}; known: {list(ZEROSHOT_TASKS)}")
         object.__setattr__(self, "tasks", tasks)
         _check_positive("eval.zeroshot", limit=self.limit, batch_size=self.batch_size)
 
