@@ -69,6 +69,7 @@ def test_objective_is_none_without_a_final_perplexity_and_a_float_for_a_diverged
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(version=3), "version 3 is not one this code reads"),
+    (lambda d: d.update(version="2"), "version '2' is not one this code reads"),
     (lambda d: d.update(statsu="done"), r"results.json: unknown keys \['statsu'\]"),
     (lambda d: d.update(status="finished"), "status='finished' is not one of"),
     (lambda d: d["evaluations"][1].pop("metrics"), r"evaluations\[1\]: .*metrics"),

@@ -4,8 +4,9 @@ The pipeline fills a :class:`RunRecord` stage by stage and saves it atomically a
 (``slimgpt-report``), the studies (``slimgpt-figures``) and the sweeper objective read its attributes.
 
 Versions: 1 is the format without a ``version`` key (written before this module existed; it lacks
-``pid``/``host``); 2 adds ``version``, ``pid`` and ``host``. :meth:`RunRecord.from_json` reads both and
-refuses newer versions and unknown keys, naming them.
+``pid``/``host``); 2 adds ``version``, ``pid`` and ``host``. :meth:`RunRecord.from_json` reads every
+version, upgrading an older one step by step (``_UPGRADES``), and refuses newer versions and unknown
+keys, naming them. A change of what the record holds bumps :data:`RECORD_VERSION` and adds a step.
 
 The engine's pruning report (``PruneReport.to_dict()``) is kept as the plain dict the pruning layer
 writes; read inside it only through :meth:`PruneEntry.value` and :meth:`PruneEntry.layer_values`.
@@ -149,8 +150,10 @@ class RunRecord:
         """A record from :meth:`to_json` output or an older version's ``results.json`` (no ``version``: 1)."""
         data = dict(_object(data, "results.json"))
         version = data.pop("version", 1)
-        if version not in (1, RECORD_VERSION):
+        if not isinstance(version, int) or version not in range(1, RECORD_VERSION + 1):
             raise ValueError(f"results.json version {version!r} is not one this code reads (1..{RECORD_VERSION})")
+        for older in range(version, RECORD_VERSION):
+            data = _UPGRADES[older](data)
         data["evaluations"] = [_build(Evaluation, e, f"evaluations[{i}]") for i, e in enumerate(
             data.get("evaluations", []))]
         for key, nested in (("prune", PruneEntry), ("final_model", FinalModel)):
@@ -166,6 +169,15 @@ class RunRecord:
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the record to ``path`` atomically; returns the path."""
         return write_json_atomic(path, self.to_json())
+
+
+def _v1_to_v2(data: dict) -> dict:
+    """Version 1 did not record the process: pid and host unknown."""
+    return {**data, "pid": None, "host": None}
+
+
+#: version -> the function that turns a record of that version into one of the next version
+_UPGRADES = {1: _v1_to_v2}
 
 
 def process_alive(pid: int) -> bool:
