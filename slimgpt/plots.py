@@ -1,15 +1,14 @@
 """Figures of the paper-reproduction studies (``experiments/``), drawn from plain data into PNG files.
 
 Every function takes lists/dicts of numbers (no results files, no models), draws one figure with
-matplotlib's non-interactive Agg backend and writes it atomically (temporary name, then rename). The
-data come from ``slimgpt.figures_cli`` (results.json of a sweep) or from a notebook; no logic lives here
-beyond drawing.
+matplotlib's non-interactive Agg backend and writes it atomically (``slimgpt.io``). The data come from
+the studies (``slimgpt.studies``: results.json of a sweep) or from a notebook; no logic lives here beyond
+drawing.
 
     plot_layer_curves({"25%": [e0, e1, ...]}, "fig2.png", ylabel="relative output error", logy=True)
 """
 
-import os
-import tempfile
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,27 +17,23 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display (CI, servers)
 import matplotlib.pyplot as plt  # noqa: E402
 
+from slimgpt.io import write_bytes_atomic  # noqa: E402
+
 #: Figure size in inches: readable in a README at GitHub's column width.
 FIGSIZE = (6.4, 4.0)
 
 
 def _save(fig, out: str | Path) -> Path:
-    """Writes ``fig`` as PNG to ``out`` atomically and closes it; returns the path."""
+    """Writes ``fig`` as PNG to ``out`` atomically (via :mod:`slimgpt.io`) and closes it; returns the path."""
     out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"figures are PNG files; got the path '{out}' (use a .png name)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"figures are PNG files; got the path '{out}' (use a .png name)")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=120, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-    return out
+    return write_bytes_atomic(out, buffer.getvalue())
 
 
 def _check_series(series: Mapping[str, Sequence[float]], what: str) -> None:

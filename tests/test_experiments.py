@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from slimgpt import figures_cli, plots
+from slimgpt import plots, studies
+from slimgpt.runner.summary import load_records
 from slimgpt.runner.cli import CONF_DIR, build_job, compose_config
 from slimgpt.runner.loggers import NoneLogger
 from slimgpt.runner.pipeline import run_job
-from slimgpt.runner.results import read_json, write_json_atomic
+from slimgpt.runner.record import RunRecord
+from slimgpt.runner.results import write_json_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-#: study -> (experiment, sweeps, figures_cli study, PNGs it must draw)
+#: study -> (experiment, sweeps, slimgpt.studies study, PNGs it must draw)
 STUDIES = {
     "fig2": ("paper_fig2", ["paper_fig2"], "fig2", ["fig2_layer_error.png"]),
     "table6": ("paper_table6", ["paper_table6"], "table6",
@@ -77,13 +79,13 @@ def test_every_paper_study_runs_in_smoke_mode_and_draws_its_figures(study, tmp_p
         for point in covering_points(sweep):
             point = [SMOKE_SWAP.get(override, override) for override in point]
             run_dir = run_point([f"experiment={experiment}", f"sweep={sweep}", *smoke, *point], tmp_path, index)
-            record = read_json(run_dir / "results.json")
-            assert record["status"] == "done"
+            record = RunRecord.load(run_dir / "results.json")
+            assert record.status == "done"
             methods = [o.split("=")[1] for o in point if o.startswith("pruner=")]
-            assert record["prune"]["report"]["method"] == (methods[0] if methods else "slimgpt")
+            assert record.prune.value("method") == (methods[0] if methods else "slimgpt")
             index += 1
     out = tmp_path / "figures"
-    table = figures_cli.make_study(figure_study, [tmp_path / "runs"], out)
+    table = studies.make_study(figure_study, [tmp_path / "runs"], out)
     assert "Scaled: tiny" in table and (out / f"{figure_study}.md").is_file()
     for png in pngs:
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
@@ -91,9 +93,10 @@ def test_every_paper_study_runs_in_smoke_mode_and_draws_its_figures(study, tmp_p
 
 def test_fig2_prunes_only_layer_zero_and_reports_the_error_of_every_layer(tmp_path):
     run_dir = run_point(["experiment=paper_fig2", *SMOKE], tmp_path, 0)
-    layers = read_json(run_dir / "results.json")["prune"]["report"]["layers"]
-    assert layers[0]["achieved_ratio"] > 0 and all(layer["achieved_ratio"] == 0 for layer in layers[1:])
-    errors = [layer["output_error"] for layer in layers]
+    prune = RunRecord.load(run_dir / "results.json").prune
+    ratios = prune.layer_values("achieved_ratio")
+    assert ratios[0] > 0 and all(ratio == 0 for ratio in ratios[1:])
+    errors = prune.layer_values("output_error")
     assert all(e is not None and e > 0 for e in errors)  # the error of layer 0 propagates to every later layer
 
 
@@ -101,10 +104,11 @@ def test_table6_schedules_spend_the_same_budget_differently(tmp_path):
     reports = {}
     for index, schedule in enumerate(("log_increase", "log_decrease")):
         run_dir = run_point(["experiment=paper_table6", *SMOKE, f"schedule={schedule}"], tmp_path, index)
-        reports[schedule] = read_json(run_dir / "results.json")["prune"]["report"]
-    up, down = (reports[s]["layers"] for s in ("log_increase", "log_decrease"))
-    assert up[0]["target_ratio"] < up[-1]["target_ratio"] and down[0]["target_ratio"] > down[-1]["target_ratio"]
-    assert reports["log_increase"]["achieved_ratio"] == pytest.approx(reports["log_decrease"]["achieved_ratio"], abs=0.03)
+        reports[schedule] = RunRecord.load(run_dir / "results.json").prune
+    up, down = (reports[s].layer_values("target_ratio") for s in ("log_increase", "log_decrease"))
+    assert up[0] < up[-1] and down[0] > down[-1]
+    assert reports["log_increase"].value("achieved_ratio") == pytest.approx(
+        reports["log_decrease"].value("achieved_ratio"), abs=0.03)
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("paper_*llama7b.yaml")))
@@ -129,11 +133,12 @@ def test_table1_recovery_axis_gives_untuned_and_tuned_rows(experiment, sweep, tm
 
 
 def test_fig2_ratios_are_the_requested_shares_of_layer_zero():
-    """The sweep's total ratios remove 25/50/75% of layer 0 of SmolLM2-135M (3,538,944 of 134,515,008)."""
+    """The sweeps remove 25/50/75% of layer 0: SmolLM2-135M's as total ratios (3,538,944 of 134,515,008, the
+    measured values), LLaMA-7B's as shares of the pruned layers (ratio_of: layers)."""
     ratios = [float(p[0].split("=")[1]) for p in sweep_points("paper_fig2")]
     assert [round(r * 134_515_008 / 3_538_944, 4) for r in ratios] == [0.25, 0.5, 0.75]
-    ratios = [float(p[0].split("=")[1]) for p in sweep_points("paper_fig2_llama7b")]
-    assert [round(r * 6_738_415_616 / 202_375_168, 4) for r in ratios] == [0.25, 0.5, 0.75]
+    ratios = [float(p[0].split("=")[1]) for p in sweep_points("paper_fig2_llama7b")]  # ratio_of: layers
+    assert ratios == [0.25, 0.5, 0.75]
 
 
 def test_plot_functions_write_png_files(tmp_path):
@@ -165,10 +170,9 @@ def test_ablation_table_summarises_calibration_seeds(tmp_path):
     ppls = []
     for seed in (0, 1):
         run_dir = run_point(["experiment=paper_ablation", *SMOKE, f"calib.seed={seed}"], tmp_path, seed)
-        final = next(e for e in read_json(run_dir / "results.json")["evaluations"] if e["role"] == "final")
-        ppls.append(final["metrics"]["ppl/wiki"])
+        ppls.append(RunRecord.load(run_dir / "results.json").metric("ppl/wiki"))
     assert ppls[0] != ppls[1]  # another calibration draw prunes differently
-    table = figures_cli.make_study("ablation", [tmp_path / "runs"], tmp_path / "figures")
+    table = studies.make_study("ablation", [tmp_path / "runs"], tmp_path / "figures")
     summary = table.split("over calibration seeds")[1].splitlines()[4]
     cells = [c.strip() for c in summary.strip("|").split("|")]
     assert cells[2] == "2" and float(cells[3]) == pytest.approx(sum(ppls) / 2, rel=1e-3)
@@ -178,7 +182,7 @@ def test_ablation_table_summarises_calibration_seeds(tmp_path):
 
 @pytest.mark.parametrize("notebook", sorted((CONF_DIR.parent / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebooks_are_stripped_and_hold_no_logic(notebook):
-    """Notebooks only load results and draw them with slimgpt.figures_cli / slimgpt.plots: outputs stripped,
+    """Notebooks only load results and draw them with slimgpt.studies / slimgpt.plots: outputs stripped,
     no functions or classes of their own, every code cell valid Python."""
     cells = json.loads(notebook.read_text())["cells"]
     code = [cell for cell in cells if cell["cell_type"] == "code"]
@@ -197,13 +201,13 @@ def test_figures_load_each_evaluated_model_once(tmp_path):
         write_json_atomic(tmp_path / folder / "results.json", record)
     failed = {"status": "failed", "evaluations": [{"role": "final", "key": "k2", "model": "slimgpt", "metrics": {}}]}
     write_json_atomic(tmp_path / "c" / "0" / "results.json", failed)
-    assert len(figures_cli.load_records([tmp_path])) == 1
+    assert len(load_records([tmp_path])) == 1
 
 
-def test_figures_cli_names_the_bad_study_and_an_empty_folder(tmp_path, capsys):
+def test_slimgpt_figures_names_the_bad_study_and_an_empty_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        figures_cli.main(["table9", str(tmp_path), "--out", str(tmp_path)])
+        studies.main(["table9", str(tmp_path), "--out", str(tmp_path)])
     assert "invalid choice: 'table9'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        figures_cli.main(["fig2", str(tmp_path), "--out", str(tmp_path / "o")])
+        studies.main(["fig2", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "no finished results.json" in capsys.readouterr().err

@@ -2,14 +2,20 @@
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from slimgpt.runner import report
+from slimgpt.runner import summary
 from slimgpt.runner.cache import ArtifactCache, signature
 from slimgpt.runner.loggers import DiskLogger, NoneLogger, WandbLogger, logged_run
 from slimgpt.runner.pipeline import Job, run_job
+from slimgpt.runner.record import RECORD_VERSION, RunRecord
 from slimgpt.runner.results import read_json, write_json_atomic
 from slimgpt.runner.specs import (CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, PerplexitySpec, PrunerSpec,
                                   ScheduleSpec)
@@ -115,11 +121,13 @@ def test_a_failing_job_keeps_its_results_and_closes_the_logger(tmp_path):
     job = tiny_job(tmp_path, model=ModelSpec(name="tiny:gpt2"), stages=("eval",))
     with pytest.raises(ValueError, match="unknown tiny model family 'gpt2'"):
         run_job(job, logger)
-    record = read_json(tmp_path / "run" / "results.json")
-    assert record["status"] == "failed" and "gpt2" in record["error"]
-    assert record["versions"]["torch"] and record["specs"]["model"]["name"] == "tiny:gpt2"
+    record = RunRecord.load(tmp_path / "run" / "results.json")
+    assert record.status == "failed" and "gpt2" in record.error
+    assert (record.pid, record.host) == (os.getpid(), socket.gethostname())
+    assert read_json(tmp_path / "run" / "results.json")["version"] == RECORD_VERSION
+    assert record.versions["torch"] and record.spec("model.name") == "tiny:gpt2"
     assert logger.events[-1] == ("close", "failed")
-    rows = report.record_rows(record)
+    rows = summary.record_rows(record)
     assert len(rows) == 1 and rows[0]["status"] == "failed"
 
 
@@ -134,8 +142,8 @@ def test_ctrl_c_marks_the_job_interrupted_with_complete_results(tmp_path, monkey
     logger = RecordingLogger()
     with pytest.raises(KeyboardInterrupt):
         run_job(tiny_job(tmp_path, stages=("prune", "eval")), logger)
-    record = read_json(tmp_path / "run" / "results.json")
-    assert record["status"] == "interrupted" and record["finished"] and record["evaluations"] == []
+    record = RunRecord.load(tmp_path / "run" / "results.json")
+    assert record.status == "interrupted" and record.finished and record.evaluations == []
     assert logger.events[-1] == ("close", "interrupted")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json"]
 
@@ -150,7 +158,7 @@ def test_sigterm_ends_a_job_like_ctrl_c(tmp_path, monkeypatch):
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
         run_job(tiny_job(tmp_path, stages=("prune",)), NoneLogger())
-    assert read_json(tmp_path / "run" / "results.json")["status"] == "interrupted"
+    assert RunRecord.load(tmp_path / "run" / "results.json").status == "interrupted"
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
@@ -168,17 +176,66 @@ def _record(name, ratio, ppl, tmp_path, dense_ppl=30.0):
 def test_report_collects_a_sweep_with_one_dense_row(tmp_path, capsys):
     for i, ratio in enumerate([0.1, 0.2, 0.3]):
         _record(str(i), ratio, 40.0 + i, tmp_path)
-    rows = report.collect([tmp_path])
+    rows = summary.collect([tmp_path])
     assert [r["method"] for r in rows] == ["dense", "slimgpt", "slimgpt", "slimgpt"]
     assert [r.get("ratio") for r in rows] == [None, 0.1, 0.2, 0.3]
-    assert report.main([str(tmp_path)]) == 0
+    assert summary.main([str(tmp_path)]) == 0
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0].startswith("| run | status | model | method | ratio |") and len(table) == 2 + 4
-    report.main([str(tmp_path), "--format", "csv", "--out", str(tmp_path / "t.csv")])
+    summary.main([str(tmp_path), "--format", "csv", "--out", str(tmp_path / "t.csv")])
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0].split(",")[:3] == ["run", "status", "model"] and len(lines) == 5
 
 
 def test_report_rejects_a_missing_path(tmp_path):
     with pytest.raises(SystemExit):
-        report.main([str(tmp_path / "nope")])
+        summary.main([str(tmp_path / "nope")])
+
+
+def test_report_skips_and_names_unreadable_results(tmp_path, capsys):
+    """A truncated file, a JSON file that is no run record and a newer format are named; the rest is a table."""
+    _record("good", 0.2, 40.0, tmp_path)
+    text = (tmp_path / "good" / "results.json").read_text()
+    bad = {"truncated": text[: len(text) // 2], "list": "[1, 2]", "newer": json.dumps({"version": 99})}
+    for name, content in bad.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(content)
+    assert summary.main([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 2 + 2  # the good run's dense and final rows
+    for name in bad:
+        assert str(tmp_path / name / "results.json") in captured.err, name
+    assert "version 99" in captured.err and "must be a JSON object, got list" in captured.err
+    with pytest.raises(SystemExit):  # nothing readable at all
+        summary.main([str(tmp_path / "list")])
+    assert "no readable results.json" in capsys.readouterr().err
+
+
+#: A job whose prune stage hangs (so that it can be killed while its record says ``running``).
+HANGING_JOB = """
+import sys, time
+from slimgpt.runner import pipeline
+from slimgpt.runner.cli import build_job, compose_config
+from slimgpt.runner.loggers import NoneLogger
+pipeline.prune_stage = lambda *args, **kwargs: time.sleep(600)
+cfg = compose_config(["debug=default", "stages=[prune]", "paths.cache=" + sys.argv[2]])
+pipeline.run_job(build_job(cfg, run_dir=sys.argv[1]), NoneLogger())
+"""
+
+
+def test_a_job_killed_with_sigkill_is_reported_killed(tmp_path, capsys):
+    results = tmp_path / "run" / "results.json"
+    job = subprocess.Popen([sys.executable, "-c", HANGING_JOB, str(tmp_path / "run"), str(tmp_path / "cache")])
+    try:
+        deadline = time.monotonic() + 120
+        while not results.is_file() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert results.is_file(), "the job wrote no results.json"
+        record = RunRecord.load(results)
+        assert record.status == "running" and record.pid == job.pid and record.status_now() == "running"
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    assert RunRecord.load(results).status == "running"  # the file cannot know...
+    summary.main([str(results)])
+    assert "| killed |" in capsys.readouterr().out  # ...but its reader does

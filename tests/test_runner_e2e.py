@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from slimgpt.runner import report
+from slimgpt.runner import summary
 from slimgpt.runner.cli import build_job, compose_config
 from slimgpt.runner.loggers import WandbLogger
 from slimgpt.runner.pipeline import run_job
@@ -35,14 +35,14 @@ def smoke_job(tmp_path, cache, *overrides):
 
 def check_record(record, run_dir, stages):
     """Invariants of a finished job's results.json."""
-    assert record == read_json(run_dir / "results.json") and record["status"] == "done"
-    assert set(record["timings"]) == {"eval_dense", *stages}
-    dense, final = (e["metrics"] for e in record["evaluations"])
-    report_ = record["prune"]["report"]
-    assert abs(report_["achieved_ratio"] - 0.2) < 0.05 and len(report_["layers"]) == 4
-    assert final["params"] == report_["params_after"] < dense["params"] == report_["params_before"]
+    assert record.to_json() == read_json(run_dir / "results.json") and record.status == "done"
+    assert set(record.timings) == {"eval_dense", *stages}
+    dense, final = (e.metrics for e in record.evaluations)
+    prune = record.prune
+    assert abs(prune.value("achieved_ratio") - 0.2) < 0.05 and len(prune.layer_values("layer")) == 4
+    assert final["params"] == prune.value("params_after") < dense["params"] == prune.value("params_before")
     assert all(math.isfinite(m["ppl/wiki"]) and m["ppl/wiki"] > 1 for m in (dense, final))
-    assert record["peak_memory"]["rss_mb"] > 0 and record["versions"]["transformers"]
+    assert record.peak_memory["rss_mb"] > 0 and record.versions["transformers"]
     return dense, final
 
 
@@ -51,13 +51,13 @@ def test_prune_eval_smoke_with_no_logger_then_cached(tmp_path, cache):
     logger = RecordingLogger()
     record = run_job(job, logger)
     check_record(record, job.run_dir, ("prune", "eval"))
-    assert record["prune"]["cached"] is False and logger.events[-1] == ("close", "done")
+    assert record.prune.cached is False and logger.events[-1] == ("close", "done")
     layer_points = [e[1] for e in logger.events if e[0] == "log" and "prune_layer/layer" in e[1]]
     assert [p["prune_layer/layer"] for p in layer_points] == [0, 1, 2, 3]  # per-layer metrics
     assert all("prune_layer/achieved_ratio" in p for p in layer_points)
     again = run_job(smoke_job(tmp_path / "again", cache, "stages=[prune,eval]", "eval=ppl"), RecordingLogger())
-    assert again["prune"]["cached"] is True and again["timings"]["prune"] < 5
-    assert again["evaluations"] == record["evaluations"]  # evaluations come from the cache as well
+    assert again.prune.cached is True and again.timings["prune"] < 5
+    assert again.evaluations == record.evaluations  # evaluations come from the cache as well
 
 
 def test_all_three_stages_smoke_with_no_logger(tmp_path, cache):
@@ -65,11 +65,11 @@ def test_all_three_stages_smoke_with_no_logger(tmp_path, cache):
     logger = RecordingLogger()
     record = run_job(job, logger)
     dense, final = check_record(record, job.run_dir, ("prune", "finetune", "eval"))
-    assert record["evaluations"][1]["model"] == "slimgpt+lora"
+    assert record.evaluations[1].model == "slimgpt+lora"
     assert 0 <= final["zeroshot/avg"] <= 1 and "zeroshot/arc_easy" in final
     losses = [e[1]["lora0/train/loss"] for e in logger.events if e[0] == "log" and "lora0/train/loss" in e[1]]
     assert losses and all(math.isfinite(x) for x in losses)  # the loss curve reached the logger
-    assert record["finetune"][0]["steps"] >= 1
+    assert record.finetune[0]["steps"] >= 1
 
 
 def test_smoke_with_wandb_offline(tmp_path, cache, monkeypatch):
@@ -80,9 +80,9 @@ def test_smoke_with_wandb_offline(tmp_path, cache, monkeypatch):
     runs = list((job.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1  # one W&B run per job, in the run folder
     log = runs[0].read_bytes()  # the offline transaction log: keys and JSON values appear verbatim
-    final = record["evaluations"][1]["metrics"]
+    final = record.evaluations[1].metrics
     for key, value in [("final/ppl/wiki", final["ppl/wiki"]), ("status", "done"),
-                       ("prune/achieved_ratio", record["prune"]["report"]["achieved_ratio"])]:
+                       ("prune/achieved_ratio", record.prune.value("achieved_ratio"))]:
         assert key.encode() + b"\x82\x01" in log and json.dumps(value).encode() in log, key
     assert b"prune_layer/layer" in log and list(runs[0].parent.glob("files/media/table/eval/results_*.json"))
 
@@ -97,11 +97,11 @@ def test_cli_multirun_2x2_and_summary(tmp_path, cache):
     assert done.returncode == 0, done.stderr[-3000:]
     sweep_dirs = list((outputs / "multiruns" / "smoke").iterdir())
     assert len(sweep_dirs) == 1
-    records = [read_json(path) for path in report.find_results(sweep_dirs)]
-    assert len({tuple(r["overrides"][-2:]) for r in records}) == len(records) == 4  # the 4 grid points
-    assert all(r["status"] == "done" and r["group"] == "smoke" for r in records)
-    assert sum(not r["prune"]["cached"] for r in records) <= 2  # one pruning per ratio at most
-    rows = report.collect(sweep_dirs)
+    records, skipped = summary.read_records(sweep_dirs)
+    assert len({tuple(r.overrides[-2:]) for r in records}) == len(records) == 4 and not skipped  # the 4 grid points
+    assert all(r.status == "done" and r.group == "smoke" for r in records)
+    assert sum(not r.prune.cached for r in records) <= 2  # one pruning per ratio at most
+    rows = summary.collect(sweep_dirs)
     assert len(rows) == 4 and {r["ratio"] for r in rows} == {0.2, 0.3}
-    assert report.main([str(sweep_dirs[0]), "--format", "csv", "--out", str(tmp_path / "s.csv")]) == 0
+    assert summary.main([str(sweep_dirs[0]), "--format", "csv", "--out", str(tmp_path / "s.csv")]) == 0
     assert len((tmp_path / "s.csv").read_text().splitlines()) == 1 + 4

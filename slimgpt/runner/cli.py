@@ -17,7 +17,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .pipeline import Job, run_job
-from .report import record_rows, to_markdown
+from .record import RESULTS_FILE, RunRecord
+from .summary import record_rows, to_markdown
 from .specs import parse_stages
 
 #: The config directory (a checkout's conf/; the runner is used from a clone, see README).
@@ -134,11 +135,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def objective(record: dict) -> float | None:
+def objective(record: RunRecord) -> float | None:
     """The value a Hydra sweeper optimises: the final model's first perplexity, if measured."""
-    finals = [e["metrics"] for e in record["evaluations"] if e["role"] == "final"]
-    ppl = [v for k, v in (finals[0] if finals else {}).items() if k.startswith("ppl/")]
-    return ppl[0] if ppl else None
+    final = record.evaluation("final")
+    return None if final is None else final.first_perplexity()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -148,7 +148,7 @@ def main(cfg: DictConfig) -> float | None:
     logger = instantiate(cfg.logger)
     with sigterm_as_interrupt():
         record = run_job(job, logger)
-    print(f"\nresults: {job.run_dir / 'results.json'}\n" + to_markdown(record_rows(record)), flush=True)
+    print(f"\nresults: {job.run_dir / RESULTS_FILE}\n" + to_markdown(record_rows(record)), flush=True)
     return objective(record)
 
 
