@@ -1,5 +1,6 @@
 """Config composition: every option of every group, every experiment/sweep/debug file, and clear errors."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -147,13 +148,16 @@ def test_unknown_top_level_key_is_rejected(tmp_path):
         ("stages=[prune,evaluate]", r"unknown stage 'evaluate'"),
         ("schedule.name=cosine", r"invalid 'schedule' config: unknown schedule 'cosine'; choose one of"),
         ("model.dtype=float8", r"model.dtype='float8' is not one of"),
+        ("calib.source=wikki", r"calib.source='wikki' is not one of \['wiki'"),
+        ("calib.seq_len=1", r"calib.seq_len=1 must be >= 2"),
+        ("eval=zeroshot eval.zeroshot.tasks=[nosuchtask]", r"eval.zeroshot.tasks: unknown task \['nosuchtask'\]"),
         ("calib.num_samples=0", r"calib.num_samples must be a positive number, got 0"),
         ("eval.perplexity.seq_len=-1", r"eval.perplexity.seq_len must be a positive number"),
     ],
 )
 def test_bad_values_fail_at_start_with_the_value_and_what_is_allowed(override, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        build_job(compose_cfg(override, tmp=tmp_path), run_dir=tmp_path)
+        build_job(compose_cfg(*override.split(), tmp=tmp_path), run_dir=tmp_path)
 
 
 def test_list_entries_of_the_finetune_chain_can_be_overridden(tmp_path):
@@ -186,3 +190,16 @@ def test_every_pruner_option_prunes_a_tiny_model_with_its_options(option):
     report = prune_model(model, calibration, spec.ratio, Schedule("uniform"), spec.options, engine, spec.ratio_of)
     assert report.method == spec.method and abs(report.achieved_ratio - spec.ratio) < 0.02
     assert report.method_options == dataclasses.asdict(spec.options)  # the report records the typed options
+
+
+def test_a_bad_value_on_the_command_line_ends_with_one_line_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run([sys.executable, "-m", "slimgpt.runner.cli", "pruner.ratio=abc", f"paths.outputs={tmp_path}"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "slimgpt: invalid 'pruner' config: ratio must be in [0, 1), got 'abc'; "
+        "allowed keys: ['method', 'ratio', 'ratio_of', 'engine', 'options']")

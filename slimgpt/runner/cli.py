@@ -5,6 +5,7 @@ its results table. Everything else takes plain typed arguments.
 """
 
 import contextlib
+import os
 import dataclasses
 import signal
 import threading
@@ -143,8 +144,14 @@ def objective(record: RunRecord) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Compose → typed job → run → print the results table."""
-    job = job_from_hydra(cfg)
+    """Compose → typed job → run → print the results table. A bad config value ends the command with one
+    line naming it (the full traceback with ``HYDRA_FULL_ERROR=1``), before any stage runs."""
+    try:
+        job = job_from_hydra(cfg)
+    except ValueError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"slimgpt: {error}") from None
     logger = instantiate(cfg.logger)
     with sigterm_as_interrupt():
         record = run_job(job, logger)
