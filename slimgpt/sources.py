@@ -55,6 +55,16 @@ def load_model(
     return as_slim(model).to(device).eval(), tokenizer
 
 
+def model_config(name_or_path: str | Path):
+    """The Hugging Face config of a model ``load_model`` accepts, without loading its weights."""
+    name = str(name_or_path)
+    if name.startswith(TINY_PREFIX):
+        return TinySpec.parse(name).build().config
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(_resolve(name))
+
+
 def _resolve(name: str) -> str:
     """The directory or hub id to load: asset names become their prepared cache directory."""
     spec = CATALOG.get(name)
