@@ -1,4 +1,4 @@
-"""LoRA recovery of a pruned model (paper protocol, METHOD.md §6): peft LoRA on q,k,v,o,gate,up,down, AdamW
+"""LoRA recovery of a pruned model (paper protocol, docs/method.md#recovery-with-lora): peft LoRA on q,k,v,o,gate,up,down, AdamW
 with a cosine schedule and warmup, an effective batch by gradient accumulation, then merge into the model.
 
 One call is one recovery stage; the experiment framework chains stages (e.g. a short one, then a long one) by
