@@ -108,7 +108,7 @@ def prune_model(
     weights = [layer_prunable_params(layer) for layer in layers]
     params_before = count_params(model)
     ratios = plan_ratios(ratio, ratio_of, params_before, weights, schedule, engine.layer_range)
-    check_feasible(model, ratios, engine.head_granularity)
+    check_feasible(model, ratios, engine)
     if pruner.adds_bias:
         add_output_biases(model)
     device = torch.device(engine.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -121,7 +121,7 @@ def prune_model(
         capture_seconds = time.perf_counter() - start
         dense_inps = inps.clone() if engine.track_error else None
         progress = tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not engine.progress)
-        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine.head_granularity, device, dense_inps)
+        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine, device, dense_inps)
                    for i, layer in enumerate(progress)]
     sync_config(model)
     peak, kind = _peak_memory(device)
@@ -185,21 +185,34 @@ def plan_ratios(
     return [0.0] * start + layer_ratios(schedule, mean_ratio, inside) + [0.0] * (n - end)
 
 
-def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], granularity: str) -> None:
+def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], engine: EngineOptions) -> None:
     """Refuses, up front, a plan that a layer cannot meet: more than every head but one and every FFN channel but
-    one, counting only the attention parameters certainly freed (see ``guaranteed_head_params``)."""
+    the last (aligned) ones, counting only the attention parameters certainly freed (``guaranteed_head_params``)."""
+    granularity = engine.head_granularity
     for i, (layer, r) in enumerate(zip(model.model.layers, ratios)):
         attn, mlp = layer.self_attn, layer.mlp
         units = attention_block(attn, attn.kv_map, granularity).num_units
         heads_freed = guaranteed_head_params(attn, granularity, head_units(r, units))
         channels_needed = round((r * layer_prunable_params(layer) - heads_freed) / channel_params(mlp))
-        if channels_needed > mlp.intermediate_size - 1:
-            most = (heads_freed + (mlp.intermediate_size - 1) * channel_params(mlp)) / layer_prunable_params(layer)
+        floor = engine.width_multiple if mlp.intermediate_size > engine.width_multiple else 1
+        if channels_needed > mlp.intermediate_size - floor:
+            most = (heads_freed + (mlp.intermediate_size - floor) * channel_params(mlp)) / layer_prunable_params(layer)
             raise ValueError(
                 f"layer {i} would need a ratio of {r:.3f}, but with head_granularity={granularity} at most "
-                f"{most:.3f} of it can surely be removed (one head and one FFN channel stay); lower the ratio "
-                "or use a flatter schedule"
+                f"{most:.3f} of it can surely be removed (one head and {floor} FFN channel(s) stay); lower the "
+                "ratio or use a flatter schedule"
             )
+
+
+def ffn_channels_to_remove(budget: float, width: int, per_channel: int, multiple: int = 1) -> int:
+    """FFN channels to remove so that ``budget`` parameters go (``per_channel`` each), rounded to the nearest
+    count that leaves the layer's width a multiple of ``multiple`` (at least ``multiple`` channels, or one
+    when the width is below it); never negative. ``multiple=1`` is the paper's nearest whole channel."""
+    remove = max(round(budget / per_channel), 0)
+    if remove == 0 or multiple <= 1 or width <= multiple:
+        return min(remove, width - 1)
+    keep = max(multiple * round((width - remove) / multiple), multiple)
+    return max(width - keep, 0) if keep <= width else 0
 
 
 def head_units(ratio: float, units: int) -> int:
@@ -320,14 +333,15 @@ def prune_layer(
     inps: torch.Tensor,
     batches: list[Batch],
     pruner: Method,
-    granularity: str,
+    engine: EngineOptions,
     device: torch.device,
     dense_inps: torch.Tensor | None = None,
 ) -> LayerReport:
     """Prunes one decoder layer to remove ``ratio`` of its prunable parameters, then advances ``inps``.
 
     Heads are rounded to whole units (``round(ratio · units)``); the FFN then takes whatever part of the
-    layer's parameter budget the heads did not, so the layer ratio is met to within one channel.
+    layer's parameter budget the heads did not, so the layer ratio is met to within one channel (within
+    ``engine.width_multiple / 2`` channels when widths are aligned).
     ``dense_inps`` (optional): the dense model's inputs to this layer, advanced through the layer before it
     is pruned, to measure the output error against the dense model.
     """
@@ -339,14 +353,14 @@ def prune_layer(
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     kv_map = attn.kv_map
-    block = attention_block(attn, kv_map, granularity, index)
+    block = attention_block(attn, kv_map, engine.head_granularity, index)
     num_units = head_units(ratio, block.num_units)
     removed, attn_info = prune_block(layer, block, num_units, inps, batches, pruner)
     if removed:
-        remove_heads(attn, kv_map, removed_heads_of(granularity, kv_map, removed))
+        remove_heads(attn, kv_map, removed_heads_of(engine.head_granularity, kv_map, removed))
     mlp = layer.mlp
     budget = ratio * params - (params - layer_prunable_params(layer))
-    num_channels = min(max(round(budget / channel_params(mlp)), 0), mlp.intermediate_size - 1)
+    num_channels = ffn_channels_to_remove(budget, mlp.intermediate_size, channel_params(mlp), engine.width_multiple)
     removed, mlp_info = prune_block(layer, mlp_block(mlp, index), num_channels, inps, batches, pruner)
     if removed:
         remove_channels(mlp, removed)

@@ -33,6 +33,9 @@ class EngineOptions:
     progress: show a progress bar over layers.
     track_error: also run the dense model alongside and report each layer's relative output error
         ``‖y - y_dense‖² / ‖y_dense‖²`` (one more layer forward and one more input buffer per layer).
+    width_multiple: FFN widths are rounded to a multiple of this (the OBS step removes channels down to the
+        aligned width; the layer's parameter budget is kept to within half a multiple). 1 = the paper; 32
+        lets llama.cpp use its fast F16/Q8_0 kernels; 256 suits its k-quants.
     """
 
     head_granularity: str = "kv_group"
@@ -41,6 +44,7 @@ class EngineOptions:
     device: str | None = None
     progress: bool = True
     track_error: bool = False
+    width_multiple: int = 1
 
     def __post_init__(self):
         if self.head_granularity not in HEAD_GRANULARITIES:
@@ -48,6 +52,8 @@ class EngineOptions:
                              f"choose one of {', '.join(HEAD_GRANULARITIES)}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not _is_int(self.width_multiple) or self.width_multiple < 1:
+            raise ValueError(f"width_multiple must be a positive int, got {self.width_multiple!r}")
         if self.layer_range is not None:
             span = tuple(self.layer_range)
             if len(span) != 2 or not all(map(_is_int, span)) or not 0 <= span[0] < span[1]:
