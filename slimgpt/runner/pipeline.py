@@ -176,10 +176,10 @@ def note_previous_run(results: Path) -> RunRecord | None:
 
 
 def check_storage(job: Job) -> None:
-    """Raises :class:`StorageError` unless the run folder and each run-cache folder the job's stages write into
-    are writable and their file systems have room: :data:`RUN_DIR_MIN_FREE` for the run folder, a checkpoint
-    of the dense model per weight-changing stage (prune, each LoRA stage; cached or not) plus
-    :data:`CACHE_MIN_FREE` for the cache."""
+    """Raises :class:`StorageError` unless each run-cache folder the job's stages write into is writable and the
+    file systems of the run folder and the cache have room: :data:`RUN_DIR_MIN_FREE` for the run folder, one
+    checkpoint of the dense model per weight-changing stage (prune, each LoRA stage; cached or not) plus
+    :data:`CACHE_MIN_FREE` for the cache (added up where both are on one disk)."""
     run_dir, cache = Path(job.run_dir), Path(job.cache_dir)
     kinds = [kind for kind, stage in (("pruned", "prune"), ("finetuned", "finetune"), ("eval", "eval"))
              if stage in job.stages]
