@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from slimgpt.runner import pipeline
 from slimgpt.runner.cache import MARKER, ArtifactCache
@@ -297,3 +298,22 @@ def test_a_store_collects_the_leftovers_of_killed_writers_of_its_entry_only(tmp_
             cache.store_dir("pruned", "k1", lambda folder: (folder / "w").write_text("ok"), meta={})
         assert live.exists() and not killed.exists() and other.exists()
     assert cache.find_dir("pruned", "k1") is not None
+
+
+def test_windows_longer_than_the_context_or_a_missing_gpu_fail_before_any_stage(tmp_path):
+    from slimgpt.runner.cli import build_job, compose_config
+    from slimgpt.runner.loggers import NoneLogger
+    from slimgpt.runner.pipeline import PreflightError, run_job
+
+    cfg = compose_config(["debug=default", "stages=[prune,eval]", "eval=ppl", "eval.perplexity.seq_len=100000",
+                          f"paths.cache={tmp_path / 'c'}"])
+    with pytest.raises(PreflightError, match=r"eval.perplexity.seq_len=100000 exceeds the context of tiny:llama"):
+        run_job(build_job(cfg, run_dir=tmp_path / "run", overrides=()), NoneLogger())
+    from slimgpt.runner.record import RunRecord
+
+    record = RunRecord.load(tmp_path / "run" / "results.json")
+    assert record.status == "failed" and record.prune is None and not record.timings  # no stage ran
+    if not torch.cuda.is_available():
+        cfg = compose_config(["debug=default", "model.device=cuda", f"paths.cache={tmp_path / 'c'}"])
+        with pytest.raises(PreflightError, match="no CUDA GPU"):
+            run_job(build_job(cfg, run_dir=tmp_path / "run2", overrides=()), NoneLogger())

@@ -62,6 +62,12 @@ class EngineOptions:
             object.__setattr__(self, "layer_range", span)
         if self.device is not None and not isinstance(self.device, str):
             object.__setattr__(self, "device", str(self.device))
+        if self.device is not None and self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={self.device!r} but this machine has no CUDA GPU (or torch was built "
+                                 "without CUDA); use device='cpu'")
         for name in ("progress", "track_error"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

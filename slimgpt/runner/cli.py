@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .pipeline import Job, run_job
+from .pipeline import Job, PreflightError, StorageError, run_job
 from .record import RESULTS_FILE, RunRecord
 from .summary import record_rows, to_markdown
 from .specs import parse_stages
@@ -154,7 +154,12 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(f"slimgpt: {error}") from None
     logger = instantiate(cfg.logger)
     with sigterm_as_interrupt():
-        record = run_job(job, logger)
+        try:
+            record = run_job(job, logger)
+        except (PreflightError, StorageError) as error:  # before any stage: one line, like a config error
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise SystemExit(f"slimgpt: {error}") from None
     print(f"\nresults: {job.run_dir / RESULTS_FILE}\n" + to_markdown(record_rows(record)), flush=True)
     return objective(record)
 

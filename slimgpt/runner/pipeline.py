@@ -42,6 +42,10 @@ RESERVE_FILE = ".results-reserve"
 CACHE_MIN_FREE = 64 << 20
 
 
+class PreflightError(ValueError):
+    """A job that cannot run on this machine or with this model, found before any stage runs."""
+
+
 class StorageError(OSError):
     """The run folder or the run cache cannot take what the job will write (found before any stage runs)."""
 
@@ -119,6 +123,7 @@ def run_job(job: Job, logger: Logger) -> RunRecord:
     recorder = _Recorder(job)
     try:
         check_storage(job)
+        check_model_fit(job)
         with logged_run(logger, run_dir=job.run_dir, name=job.name, group=job.group, config=job.config):
             _run_stages(job, logger, recorder)
     except KeyboardInterrupt as error:
@@ -173,6 +178,25 @@ def note_previous_run(results: Path) -> RunRecord | None:
         log.warning("the run in %s (pid %s on %s, started %s) is still running; this run replaces its results.json",
                     results.parent, previous.pid, previous.host, previous.started)
     return previous
+
+
+def check_model_fit(job: Job) -> None:
+    """:class:`PreflightError` when the job asks for a GPU this machine lacks, or for windows (calibration or
+    perplexity ``seq_len``) longer than the model's context — found before any stage runs."""
+    import torch
+
+    if job.model.device.startswith("cuda") and not torch.cuda.is_available():
+        raise PreflightError(f"model.device={job.model.device!r} but this machine has no CUDA GPU (or torch was "
+                             "built without CUDA); use model.device=cpu")
+    from slimgpt.sources import model_config
+
+    context = getattr(model_config(job.model.name), "max_position_embeddings", None)
+    windows = {"calib.seq_len": job.calib.seq_len if "prune" in job.stages else None,
+               "eval.perplexity.seq_len": (job.evaluation.perplexity.seq_len
+                                           if job.evaluation.perplexity is not None and "eval" in job.stages else None)}
+    for key, length in windows.items():
+        if context is not None and length is not None and length > context:
+            raise PreflightError(f"{key}={length} exceeds the context of {job.model.name} ({context} tokens)")
 
 
 def check_storage(job: Job) -> None:
