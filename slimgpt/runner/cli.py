@@ -7,6 +7,7 @@ its results table. Everything else takes plain typed arguments.
 import contextlib
 import dataclasses
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,8 +142,17 @@ def objective(record: dict) -> float | None:
     return ppl[0] if ppl else None
 
 
+def main() -> float | int | None:
+    """``slimgpt export ...`` goes to the GGUF exporter; anything else is a Hydra run."""
+    if sys.argv[1:2] == ["export"]:
+        from ..export.cli import main as export_main
+
+        sys.exit(export_main(sys.argv[2:]))
+    return hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Compose → typed job → run → print the results table."""
     job = job_from_hydra(cfg)
     logger = instantiate(cfg.logger)
