@@ -251,3 +251,29 @@ def test_cli_reports_an_uneven_model_in_one_line(tmp_path, capsys):
     tiny_tokenizer().save_pretrained(tmp_path / "pruned")
     assert main([str(tmp_path / "pruned"), "--out", str(tmp_path / "m.gguf")]) == 2
     assert "layer 2" in capsys.readouterr().err and not (tmp_path / "m.gguf").exists()
+
+
+def _sentencepiece_style_tokenizer():
+    """A LLaMA-2-style tokenizer (BPE with byte fallback, "▁" for spaces) trained on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator([TEXT * 3, "pruning makes models smaller and faster " * 5],
+                            trainers.BpeTrainer(vocab_size=340, special_tokens=specials))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_sentencepiece_style_tokenizer_round_trips_through_llama_cpp(runtime, tmp_path):
+    tokenizer = _sentencepiece_style_tokenizer()
+    model = tiny_model("llama")
+    model.resize_token_embeddings(384)
+    to_gguf(model, tokenizer, tmp_path / "m.gguf", "f16")
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["tokenizer.ggml.model"].contents() == "llama"
+    text = "Pruned models run faster, über alles: 42!"
+    with runtime(tmp_path / "m.gguf") as llm:
+        assert llm.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
