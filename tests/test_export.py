@@ -142,7 +142,7 @@ def test_attention_free_layer_equals_a_layer_with_zero_output_projection(runtime
     attn = model.model.layers[2].self_attn
     attn.q_proj, attn.k_proj, attn.v_proj = (nn.Linear(64, 0, bias=False) for _ in range(3))
     attn.o_proj = nn.Linear(0, 64, bias=False)
-    attn.set_heads([], 0)
+    attn.kv_map, attn.num_heads, attn.num_kv_heads = [], 0, 0  # no forward in PyTorch: the reference runs instead
     tokenizer = tiny_tokenizer()
     ids = tokenizer(TEXT)["input_ids"]
     to_gguf(model, tokenizer, tmp_path / "m.gguf", "f32")
@@ -199,7 +199,7 @@ def test_lower_precision_types_stay_close(runtime, tmp_path, dtype, tolerance):
     reference = _torch_logits(model, ids)
     error = np.abs(_gguf_logits(runtime, summary.path, ids) - reference).max()
     assert error <= tolerance * np.abs(reference).max()
-    assert summary.file_bytes < (tmp_path / f"{dtype}.gguf").stat().st_size + 1
+    assert summary.file_bytes == (tmp_path / f"{dtype}.gguf").stat().st_size
     assert not [p for p in tmp_path.iterdir() if p.name != f"{dtype}.gguf"]  # no scratch left
 
 
@@ -220,7 +220,7 @@ def test_tokenizer_round_trips_through_llama_cpp(runtime, tmp_path):
     text = "Grüße, 123 — \n\n  spaces and <s> marks"
     with runtime(tmp_path / "m.gguf") as llm:
         assert llm.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert llm.tokenize("hi", add_special=True)[0] == tokenizer.bos_token_id
+        assert llm.tokenize("hi", add_special=True) == tokenizer("hi")["input_ids"]  # BOS only where HF adds it
     chat = gguf.GGUFReader(tmp_path / "m.gguf").fields
     assert chat["tokenizer.ggml.model"].contents() == "gpt2"
 

@@ -58,7 +58,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> str:
         kind = "gpt2"
         writer.add_tokenizer_model(kind)
         writer.add_tokenizer_pre(_pre_tokenizer_name(spec["pre_tokenizer"], has_merges=bool(merges)))
-        writer.add_token_merges(merges)
+        writer.add_token_merges(merges or [_inert_merge(tokenizer)])
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     _add_special_tokens(writer, tokenizer)
@@ -85,6 +85,17 @@ def _token_table(tokenizer, vocab: dict[str, int], vocab_size: int) -> tuple[lis
     return tokens, types
 
 
+def _inert_merge(tokenizer) -> str:
+    """A merge that can never apply, for a byte vocabulary without merges (llama.cpp requires at least one).
+
+    BPE starts from single characters, so a pair of two multi-character special tokens never forms.
+    """
+    specials = [t for t in tokenizer.all_special_tokens if len(t) > 1]
+    if len(specials) < 2:
+        raise UnsupportedTokenizerError("a byte-level BPE tokenizer without merges needs two special tokens")
+    return f"{specials[0]} {specials[1]}"
+
+
 def _merge_rank_scores(tokens: list[str], merges: list[str]) -> list[float]:
     """SentencePiece-style scores: a token made by merge ``r`` scores ``-r`` (earlier merges win), others 0."""
     rank = {}
@@ -104,9 +115,9 @@ def _pre_tokenizer_name(pre: dict | None, has_merges: bool) -> str:
     steps = pre["pretokenizers"] if pre and pre.get("type") == "Sequence" else [pre] if pre else []
     kinds = [step["type"] for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["ByteLevel"] and not has_merges:
-        return "gpt2"  # every byte is a token: word splitting cannot change the result
+        return "gpt-2"  # every byte is a token: word splitting cannot change the result
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
