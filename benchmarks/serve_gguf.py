@@ -122,17 +122,18 @@ def table(rows: list[dict], args, started: str, load: tuple) -> str:
     return head + "\n".join(lines) + foot
 
 
-def figure(rows: list[dict], out: Path, caption: str) -> None:
-    """Prompt and generation speed-up vs dense of every pruned file (same type)."""
-    dense = {r["dtype"]: r for r in rows if r["variant"] == "dense"}
+def figure(rows: list[dict], out: Path, caption: str, dtype: str = "q8_0") -> None:
+    """Prompt and generation speed-up vs dense of every pruned ``dtype`` file (the first timed type if absent)."""
+    timed = [r for r in rows if "pp" in r]
+    dtype = dtype if any(r["dtype"] == dtype for r in timed) else timed[0]["dtype"]
+    dense = next(r for r in timed if r["variant"] == "dense" and r["dtype"] == dtype)
     values = {}
-    for r in rows:
-        if "pp" in r and r["variant"] != "dense":
-            name = f"{r['variant']} {r['dtype'].upper()}"
-            values[f"{name} prompt"] = r["pp"] / dense[r["dtype"]]["pp"]
-            values[f"{name} gen"] = r["tg"] / dense[r["dtype"]]["tg"]
-    plots.plot_bars(values, out, ylabel="tokens/s vs dense (same type)", reference=1.0,
-                    title="llama.cpp speed of pruned GGUF files vs dense", caption=caption)
+    for r in timed:
+        if r["dtype"] == dtype and r["variant"] != "dense":
+            values[f"{r['variant']} prompt"] = r["pp"] / dense["pp"]
+            values[f"{r['variant']} gen"] = r["tg"] / dense["tg"]
+    plots.plot_bars(values, out, ylabel=f"tokens/s vs dense {dtype.upper()}", reference=1.0,
+                    title=f"llama.cpp speed of pruned {dtype.upper()} files vs dense", caption=caption)
 
 
 def main() -> None:

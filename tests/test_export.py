@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import slimgpt
-from slimgpt.export import UnsupportedLayoutError, plan_layouts, to_gguf
+from slimgpt.export import UnsupportedLayoutError, kv_cache_mib, plan_layouts, to_gguf
 from slimgpt.export.layout import plan_layer
 from slimgpt.pruning.engine import sync_config
 from slimgpt.pruning.structures import add_output_biases, remove_channels, remove_heads
@@ -117,13 +117,16 @@ def test_uneven_query_groups_are_refused_naming_the_layer(tmp_path):
 
 
 def test_uneven_query_groups_regrouped_exactly(runtime, tmp_path, family):
-    model = _model(family, heads=6, kv_heads=2, hidden=96)
-    _drop_heads(model, 1, [0, 1])  # groups [1, 3]
-    _drop_heads(model, 2, [3])  # groups [3, 2]
+    model = _model(family, heads=8, kv_heads=2, hidden=128)
+    _drop_heads(model, 1, [0, 1, 2])  # groups [1, 4]: cheapest as groups of 2, one extra kv copy
+    _drop_heads(model, 2, [7])  # groups [4, 3]: one zero query head, no extra kv head
     layouts = plan_layouts(model, regroup=True)
-    assert layouts[1].q_heads == (0, None, None, 1, 2, 3) and layouts[1].kv_heads == (0, 1)
-    assert layouts[2].q_heads == (0, 1, 2, 3, 4, None)
+    assert layouts[1].q_heads == (0, None, 1, 2, 3, 4) and layouts[1].kv_heads == (0, 1, 1)
+    assert layouts[2].q_heads == (0, 1, 2, 3, 4, 5, 6, None) and layouts[2].kv_heads == (0, 1)
     assert _max_error(runtime, model, tmp_path, regroup=True) <= 1e-3
+    summary = to_gguf(model, tiny_tokenizer(), tmp_path / "m.gguf", "f16", regroup=True)
+    assert summary.kv_heads == [2, 3, 2, 2] and "MiB for the regrouped kv heads" in summary.describe()
+    assert kv_cache_mib(summary.kv_heads, 16) - kv_cache_mib([2, 2, 2, 2], 16) == 0.25  # k+v, 4096 × F16
 
 
 def test_zero_width_ffn_layer_is_written_as_32_zero_channels(runtime, tmp_path, family):
