@@ -110,6 +110,8 @@ class LlamaCppModel:
 
     def decode(self, tokens: list[int], start: int = 0, logits: str = "last") -> None:
         """Runs ``tokens`` at positions ``start..`` in chunks of ``n_batch``; ``logits``: "all" | "last" | "none"."""
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         lib = self.lib
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset:offset + self.n_batch]
