@@ -17,7 +17,7 @@ from slimgpt.export import UnsupportedLayoutError, kv_cache_mib, plan_layouts, t
 from slimgpt.export.layout import plan_layer
 from slimgpt.pruning.engine import sync_config
 from slimgpt.pruning.structures import add_output_biases, remove_channels, remove_heads
-from slimgpt.testing import tiny_model, tiny_tokenizer
+from slimgpt.sources import tiny_model, tiny_tokenizer
 
 TEXT = "The quick brown fox jumps over the lazy dog. Pruned models run in llama.cpp!"
 
