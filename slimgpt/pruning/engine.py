@@ -117,22 +117,54 @@ def prune_model(
         torch.cuda.reset_peak_memory_stats(device)
     with _exact_fp32():
         pruner.prepare(model, calibration)
+        ratios, counts = method_plan(pruner, model, ratio, ratio_of, params_before, ratios, engine)
         inps, batches = capture_inputs(model, calibration, engine.batch_size, device)
         capture_seconds = time.perf_counter() - start
         dense_inps = inps.clone() if engine.track_error else None
         progress = tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not engine.progress)
-        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine, device, dense_inps)
+        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine, device, dense_inps,
+                               None if counts is None else counts[i])
                    for i, layer in enumerate(progress)]
     sync_config(model)
     peak, kind = _peak_memory(device)
     return PruneReport(
-        method=pruner.name, schedule=schedule.name, first_ratio=schedule.first_ratio, ratio=ratio,
+        method=pruner.name, schedule=schedule.name if counts is None else f"planned by {pruner.name}",
+        first_ratio=schedule.first_ratio, ratio=ratio,
         ratio_of=ratio_of, params_before=params_before, params_after=count_params(model),
         prunable_before=sum(weights), prunable_after=sum(layer_prunable_params(layer) for layer in layers),
         layers=reports, seconds=time.perf_counter() - start, capture_seconds=capture_seconds,
         peak_memory_bytes=peak, peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
         engine=dataclasses.asdict(engine), method_options=pruner.options(),
     )
+
+
+def method_plan(
+    pruner: Method,
+    model: SlimGPTForCausalLM,
+    ratio: float,
+    ratio_of: str,
+    params_before: int,
+    ratios: list[float],
+    engine: EngineOptions,
+) -> tuple[list[float], list[tuple[int, int]] | None]:
+    """The per-layer ratios and, for a method that plans every layer's width itself (``Method.plan``, FLAP's
+    global search), its per-layer ``(attention units, FFN channels)`` to remove, which replace the schedule's.
+
+    Returns:
+        ``(ratios, None)`` unchanged when the method does not plan; otherwise each layer's planned ratio (what
+        the report lists as its target) and the counts.
+    """
+    layers = model.model.layers
+    start, end = engine.layer_range if engine.layer_range is not None else (0, len(layers))
+    base = params_before if ratio_of == "total" else sum(layer_prunable_params(layer) for layer in layers[start:end])
+    counts = pruner.plan(model, params_before - ratio * base, engine.head_granularity, engine.layer_range)
+    if counts is None:
+        return ratios, None
+    planned = []
+    for layer, (units, channels) in zip(layers, counts):
+        freed = guaranteed_head_params(layer.self_attn, engine.head_granularity, units)
+        planned.append((freed + channels * channel_params(layer.mlp)) / layer_prunable_params(layer))
+    return planned, counts
 
 
 def check_inputs(model, calibration: torch.Tensor, ratio: float, ratio_of: str) -> None:
@@ -336,6 +368,7 @@ def prune_layer(
     engine: EngineOptions,
     device: torch.device,
     dense_inps: torch.Tensor | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> LayerReport:
     """Prunes one decoder layer to remove ``ratio`` of its prunable parameters, then advances ``inps``.
 
@@ -343,7 +376,8 @@ def prune_layer(
     layer's parameter budget the heads did not, so the layer ratio is met to within one channel (within
     ``engine.width_multiple / 2`` channels when widths are aligned).
     ``dense_inps`` (optional): the dense model's inputs to this layer, advanced through the layer before it
-    is pruned, to measure the output error against the dense model.
+    is pruned, to measure the output error against the dense model. ``counts`` (optional): the attention
+    units and FFN channels to remove, planned by the method (``method_plan``) instead of derived from ``ratio``.
     """
     start = time.perf_counter()
     home = _device_of(layer)
@@ -354,13 +388,14 @@ def prune_layer(
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     kv_map = attn.kv_map
     block = attention_block(attn, kv_map, engine.head_granularity, index)
-    num_units = head_units(ratio, block.num_units)
+    num_units = head_units(ratio, block.num_units) if counts is None else counts[0]
     removed, attn_info = prune_block(layer, block, num_units, inps, batches, pruner)
     if removed:
         remove_heads(attn, kv_map, removed_heads_of(engine.head_granularity, kv_map, removed))
     mlp = layer.mlp
     budget = ratio * params - (params - layer_prunable_params(layer))
     num_channels = ffn_channels_to_remove(budget, mlp.intermediate_size, channel_params(mlp), engine.width_multiple)
+    num_channels = num_channels if counts is None else counts[1]
     removed, mlp_info = prune_block(layer, mlp_block(mlp, index), num_channels, inps, batches, pruner)
     if removed:
         remove_channels(mlp, removed)
