@@ -116,19 +116,33 @@ def test_wandb_mode_follows_the_environment(monkeypatch):
         WandbLogger(mode="cloud")
 
 
-def test_a_failing_job_keeps_its_results_and_closes_the_logger(tmp_path):
+def test_a_failing_job_keeps_its_results_and_closes_the_logger(tmp_path, monkeypatch):
+    import slimgpt.runner.pipeline as pipeline_module
+
+    def broken_eval(*args, **kwargs):
+        raise ValueError("the evaluation broke")
+
+    monkeypatch.setattr(pipeline_module, "eval_stage", broken_eval)
     logger = RecordingLogger()
-    job = tiny_job(tmp_path, model=ModelSpec(name="tiny:gpt2"), stages=("eval",))
-    with pytest.raises(ValueError, match="unknown tiny model family 'gpt2'"):
+    job = tiny_job(tmp_path, stages=("eval",))
+    with pytest.raises(ValueError, match="the evaluation broke"):
         run_job(job, logger)
     record = RunRecord.load(tmp_path / "run" / "results.json")
-    assert record.status == "failed" and "gpt2" in record.error
+    assert record.status == "failed" and "the evaluation broke" in record.error
     assert (record.pid, record.host) == (os.getpid(), socket.gethostname())
     assert read_json(tmp_path / "run" / "results.json")["version"] == RECORD_VERSION
-    assert record.versions["torch"] and record.spec("model.name") == "tiny:gpt2"
+    assert record.versions["torch"] and record.spec("model.name") == "tiny:llama?num_layers=2"
     assert logger.events[-1] == ("close", "failed")
     rows = summary.record_rows(record)
     assert len(rows) == 1 and rows[0]["status"] == "failed"
+
+
+def test_an_unknown_model_fails_before_any_stage_and_is_recorded(tmp_path):
+    job = tiny_job(tmp_path, model=ModelSpec(name="tiny:gpt2"), stages=("eval",))
+    with pytest.raises(ValueError, match="unknown tiny model family 'gpt2'"):
+        run_job(job, RecordingLogger())
+    record = RunRecord.load(tmp_path / "run" / "results.json")
+    assert record.status == "failed" and "gpt2" in record.error and not record.timings
 
 
 def test_ctrl_c_marks_the_job_interrupted_with_complete_results(tmp_path, monkeypatch):
