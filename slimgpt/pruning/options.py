@@ -10,6 +10,11 @@ from typing import Any
 
 from .structures import HEAD_GRANULARITIES
 
+#: how the layer loop computes a layer's activations: ``"one"`` pass (each activation once, the ``o_proj`` and
+#: ``down_proj`` inputs kept in buffers), ``"three"`` passes (recomputed, no buffers), or ``"auto"``
+#: (one pass when the buffers fit: ``slimgpt.pruning.engine.plan_buffers``)
+PASSES = ("auto", "one", "three")
+
 #: what ``ratio`` is a fraction of: the model's total parameters (the paper's convention, embeddings
 #: included) or the prunable parameters of the pruned decoder layers (those in ``layer_range``)
 RATIO_OF = ("total", "layers")
@@ -33,6 +38,9 @@ class EngineOptions:
     progress: show a progress bar over layers.
     track_error: also run the dense model alongside and report each layer's relative output error
         ``‖y - y_dense‖² / ‖y_dense‖²`` (one more layer forward and one more input buffer per layer).
+    passes: ``"one"`` (compute each activation of a layer once and keep the ``o_proj``/``down_proj``
+        inputs), ``"three"`` (recompute them: no activation buffers) or ``"auto"`` (one pass when the buffers
+        fit, see ``slimgpt.pruning.engine.plan_buffers``). Both choose the same units.
     """
 
     head_granularity: str = "kv_group"
@@ -41,11 +49,14 @@ class EngineOptions:
     device: str | None = None
     progress: bool = True
     track_error: bool = False
+    passes: str = "auto"
 
     def __post_init__(self):
         if self.head_granularity not in HEAD_GRANULARITIES:
             raise ValueError(f"unknown head_granularity {self.head_granularity!r}; "
                              f"choose one of {', '.join(HEAD_GRANULARITIES)}")
+        if self.passes not in PASSES:
+            raise ValueError(f"unknown passes {self.passes!r}; choose one of {', '.join(PASSES)}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.layer_range is not None:
