@@ -8,6 +8,7 @@ on a layer's outputs, SlimGPT with kv groups; many method/granularity pairs are 
 """
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -136,3 +137,19 @@ def test_report_splits_each_layer_time():
 def test_passes_option_is_checked():
     with pytest.raises(ValueError, match="unknown passes 'two'; choose one of auto, one, three"):
         EngineOptions(passes="two")
+
+
+def test_hessian_is_one_product_per_batch_and_unchanged():
+    """The upper-triangle block product on a CPU gives the full product's Hessian, bit for bit, symmetric."""
+    from slimgpt.pruning.stats import GRAM_BLOCK, InputStats
+
+    cols = 2 * GRAM_BLOCK + 88  # three block rows, the last one short
+    batches = [torch.randn(b, 32, cols, generator=torch.Generator().manual_seed(b)) for b in (3, 3, 2)]
+    stats, H, seen = InputStats(cols, "cpu"), torch.zeros(cols, cols), 0
+    for x in batches:  # the running mean of SparseGPT's add_batch, as a full product
+        stats.add_batch(x)
+        X = math.sqrt(2 / (seen + x.shape[0])) * x.reshape(-1, cols)
+        H.mul_(seen / (seen + x.shape[0])).addmm_(X.T, X)
+        seen += x.shape[0]
+    torch.testing.assert_close(stats.hessian, H, rtol=0, atol=0)
+    assert torch.equal(stats.hessian, stats.hessian.T)
