@@ -153,3 +153,15 @@ def test_hessian_is_one_product_per_batch_and_unchanged():
         seen += x.shape[0]
     torch.testing.assert_close(stats.hessian, H, rtol=0, atol=0)
     assert torch.equal(stats.hessian, stats.hessian.T)
+
+
+def test_statistics_refuse_non_finite_activations_only():
+    from slimgpt.pruning.stats import InputStats
+
+    huge = torch.full((1, 2, 3), 3e38)  # finite, but its column sums overflow to inf
+    InputStats(3, "cpu").add_batch(huge)
+    for bad in (float("nan"), float("inf")):
+        x = torch.ones(1, 2, 3)
+        x[0, 1, 2] = bad
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            InputStats(3, "cpu").add_batch(x)

@@ -29,13 +29,14 @@ class InputStats:
         """Adds ``x: [batch, seq, cols]`` (``batch`` sequences)."""
         n = x.shape[0] if x.dim() == 3 else 1
         X = x.reshape(-1, x.shape[-1]).to(torch.float32)  # [tokens, cols]
-        if not torch.isfinite(X).all():
+        column_sums = X.sum(0)  # a NaN/inf anywhere makes its column's sum non-finite: check X only then
+        if not torch.isfinite(column_sums).all() and not torch.isfinite(X).all():
             raise FloatingPointError("non-finite (NaN/inf) activations in the calibration forward pass")
         if self._hessian is not None:
             self._hessian.mul_(self.sequences / (self.sequences + n))
             X_scaled = math.sqrt(2 / (self.sequences + n)) * X
             self._upper_only = add_gram(self._hessian, X_scaled)
-        self.sum.add_(X.sum(0))
+        self.sum.add_(column_sums)
         self.sq_sum.add_(X.pow(2).sum(0))
         self.sequences += n
         self.tokens += X.shape[0]
