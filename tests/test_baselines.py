@@ -1,5 +1,5 @@
-"""Baseline pruners (magnitude, wanda_sp, flap, random, llm_pruner) on tiny models: each removes the units its
-score ranks lowest (checked against the score computed here from its definition), hits the ratio with every
+"""Baseline pruners (magnitude, wanda_sp, flap_sequential, random, llm_pruner) on tiny models: each removes the
+units its score ranks lowest (checked against the score computed here from its definition), hits the ratio with every
 schedule and head granularity, and gives a model that saves and loads."""
 
 import json
@@ -12,7 +12,7 @@ import slimgpt
 from slimgpt.pruning import SCHEDULES
 from slimgpt.pruning.engine import capture_inputs
 from slimgpt.pruning.methods import METHODS
-from slimgpt.pruning.methods.flap import FLAP
+from slimgpt.pruning.methods.flap_sequential import FLAPSequential
 from slimgpt.pruning.methods.llm_pruner import LLMPruner, default_layer_range, ratio_from_pruning_ratio
 from slimgpt.pruning.stats import InputStats
 from slimgpt.pruning.structures import add_output_biases, attention_block, mlp_block
@@ -20,7 +20,7 @@ from slimgpt.pruning.structures import add_output_biases, attention_block, mlp_b
 from helpers import replay_method
 from helpers import slim_tiny as _slim
 
-BASELINES = ["magnitude", "wanda_sp", "flap", "random", "llm_pruner"]
+BASELINES = ["magnitude", "wanda_sp", "flap_sequential", "random", "llm_pruner"]  # flap: tests/test_flap.py
 CALIB = torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
 IDS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
 ROW = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
@@ -69,7 +69,7 @@ def _direct_scores(snap, context):
         ])
     if method == "wanda_sp":
         return torch.stack([(W[:, cols].abs() * snap["sq_sum"][cols].sqrt()).sum() for cols in units])
-    if method == "flap":
+    if method == "flap_sequential":
         var = snap["sq_sum"] / snap["tokens"] - (snap["sum"] / snap["tokens"]) ** 2
         return torch.stack([(var[cols] * (W[:, cols] ** 2).sum(0)).sum() for cols in units])
     if method == "llm_pruner":
@@ -113,7 +113,7 @@ def _recording(name, **options):
 
 
 @pytest.mark.parametrize("granularity", ["kv_group", "query_head"])
-@pytest.mark.parametrize("name", ["magnitude", "wanda_sp", "flap", "llm_pruner"])
+@pytest.mark.parametrize("name", ["magnitude", "wanda_sp", "flap_sequential", "llm_pruner"])
 def test_each_method_removes_the_units_its_score_ranks_lowest(name, granularity):
     model = _slim()
     context = _hand_taylor(_slim(), CALIB, "element1") if name == "llm_pruner" else None
@@ -165,7 +165,7 @@ def test_pruned_model_saves_and_loads_with_equal_logits(tmp_path, family, name):
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.layer_intermediate_sizes == model.config.layer_intermediate_sizes
-    assert loaded.config.o_proj_bias == (name == "flap")
+    assert loaded.config.o_proj_bias == (name == "flap_sequential")
     torch.testing.assert_close(loaded(IDS).logits, expected, rtol=0, atol=0)
 
 
@@ -184,7 +184,7 @@ def test_flap_bias_equals_the_mean_contribution_and_lowers_the_block_error():
     stats = InputStats(X.shape[1], "cpu", hessian=False)
     stats.add_batch(X[None])
     block = mlp_block(layer.mlp, 1)
-    selection = FLAP().select(block, stats, 40)
+    selection = FLAPSequential().select(block, stats, 40)
     W, R = block.out_proj.weight.detach(), torch.tensor(selection.removed)
     kept = torch.tensor([j for j in range(X.shape[1]) if j not in set(selection.removed)])
     dense, plain = X @ W.T, X[:, kept] @ W[:, kept].T
@@ -197,7 +197,7 @@ def test_flap_bias_equals_the_mean_contribution_and_lowers_the_block_error():
 
 def test_flap_bias_compensation_lowers_the_layer_output_error():
     dense, compensated, plain = _slim(), _slim(), _slim()
-    method = _recording("flap")
+    method = _recording("flap_sequential")
     method._layers = compensated.model.layers
     slimgpt.prune(compensated, CALIB, 0.4, "uniform", method, batch_size=4, progress=False)
     slimgpt.prune(plain, CALIB, 0.4, "uniform", replay_method([r for _, r in method.log]), batch_size=4, progress=False)

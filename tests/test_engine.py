@@ -238,3 +238,25 @@ def test_pruning_a_pruned_model_again_says_so(caplog):
 def test_calibration_windows_need_context():
     with pytest.raises(ValueError, match="calibration seq_len must be >= 2"):
         slimgpt.prune(_slim(num_layers=2), CALIB[:, :1], 0.2, progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_width_multiple_gives_aligned_ffn_widths_and_keeps_the_budget(family):
+    model = _slim(family, num_layers=4)
+    ffn = model.config.intermediate_size
+    report = slimgpt.prune(model, CALIB, 0.3, width_multiple=16, batch_size=6, progress=False)
+    widths = model.config.layer_intermediate_sizes
+    assert all(w % 16 == 0 for w in widths) and any(w < ffn for w in widths)
+    assert report.achieved_ratio == pytest.approx(0.3, abs=0.03) and report.engine["width_multiple"] == 16
+    assert torch.isfinite(model(IDS).logits).all()
+
+
+def test_ffn_channels_to_remove_rounds_to_the_nearest_aligned_width():
+    from slimgpt.pruning.engine import ffn_channels_to_remove
+
+    assert ffn_channels_to_remove(100 * 3, 1536, 3) == 100                # the paper: nearest channel
+    assert ffn_channels_to_remove(100 * 3, 1536, 3, multiple=32) == 96    # keeps 1440 = 45 × 32
+    assert ffn_channels_to_remove(1530 * 3, 1536, 3, multiple=32) == 1504  # at least one multiple stays
+    assert ffn_channels_to_remove(0, 1530, 3, multiple=32) == 0           # a layer left alone stays as it is
+    with pytest.raises(ValueError, match="width_multiple must be a positive int"):
+        slimgpt.prune(_slim(num_layers=2), CALIB, 0.2, width_multiple=0, progress=False)

@@ -87,11 +87,12 @@ def assert_same_pruning(one: Run, three: Run) -> None:
 @pytest.mark.parametrize("granularity", ["kv_group", "query_head"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_one_pass_chooses_the_same_units_and_outputs(monkeypatch, family, method, granularity, track_error):
+    if (method, granularity) == ("flap", "query_head"):
+        pytest.skip("FLAP's global search prunes whole KV groups only (refused up front)")
     options = dict(method=method, head_granularity=granularity, track_error=track_error)
     one = prune_recorded(monkeypatch, family, "one", **options)
     three = prune_recorded(monkeypatch, family, "three", **options)
-    assert len(three.removed) == 6  # 2 blocks x 3 layers
-    assert any(three.removed)
+    assert len(three.removed) <= 6 and any(three.removed)  # at most 2 blocks x 3 layers (FLAP plans its own)
     assert_same_pruning(one, three)
 
 

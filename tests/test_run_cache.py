@@ -118,7 +118,7 @@ def test_a_job_rebuilds_a_corrupt_pruned_model_and_eval_result(tmp_path):
         return run_job(build_job(cfg, run_dir=tmp_path / name, overrides=()), NoneLogger())
 
     first = run("first")
-    weights = tmp_path / "c" / "pruned" / first["prune"]["key"] / WEIGHTS
+    weights = tmp_path / "c" / "pruned" / first.prune.key / WEIGHTS
     zero_in_place(weights, offset=weights.stat().st_size // 2, length=20_000)
     (eval_dir,) = (tmp_path / "c" / "eval").iterdir()  # only the pruned model's evaluation (no baseline)
     truncate(eval_dir / DATA_FILE)
@@ -126,8 +126,8 @@ def test_a_job_rebuilds_a_corrupt_pruned_model_and_eval_result(tmp_path):
     with pytest.warns(UserWarning, match="unusable") as caught:
         second = run("second")
     assert {str(weights.parent), str(eval_dir)} <= {w.message.args[0].split()[3] for w in caught}
-    assert second["status"] == "done" and second["prune"]["cached"] is False
-    assert second["evaluations"][-1]["metrics"]["ppl/wiki"] == first["evaluations"][-1]["metrics"]["ppl/wiki"]
+    assert second.status == "done" and second.prune.cached is False
+    assert second.metric("ppl/wiki") == first.metric("ppl/wiki")
 
 
 def test_cache_files_get_the_umask_permissions(tmp_path):

@@ -5,7 +5,7 @@ the ``gguf`` package) but refuses to ``save_pretrained`` such a model. The conve
 same architecture with ``from_config`` (without ``quantization_config``), loads the dequantized state dict
 and saves that: a normal Hugging Face directory (float32 safetensors, config, tokenizer) of the ORIGINAL
 architecture (``llama`` / ``qwen2``). The weights were 4-bit quantized before, so they are slightly below
-the published full-precision models (see ``shared/docs/ASSETS.md``).
+the published full-precision models (docs/method.md#models-data-and-budgets).
 """
 
 from __future__ import annotations

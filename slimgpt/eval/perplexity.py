@@ -23,17 +23,11 @@ from ._common import check_vocab, model_device
 __all__ = ["perplexity", "perplexity_stats", "to_windows", "tokenize_stream"]
 
 
-def perplexity(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    corpus: str | list[str],
-    seq_len: int = 128,
-    split: str = "test",
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-) -> float:
-    """Perplexity of ``model`` on ``corpus`` (see :func:`perplexity_stats` for the protocol and arguments)."""
-    return perplexity_stats(model, tokenizer, corpus, seq_len, split, batch_size, max_tokens)["ppl"]
+def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: str | list[str],
+               **options: int | str | None) -> float:
+    """Perplexity of ``model`` on ``corpus``: ``perplexity_stats(...)["ppl"]`` (the same keyword ``options``:
+    ``seq_len``, ``split``, ``batch_size``, ``max_tokens``; see there for the protocol)."""
+    return perplexity_stats(model, tokenizer, corpus, **options)["ppl"]
 
 
 def perplexity_stats(

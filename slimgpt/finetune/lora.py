@@ -1,4 +1,4 @@
-"""LoRA recovery of a pruned model (paper protocol, METHOD.md §6): peft LoRA on q,k,v,o,gate,up,down, AdamW
+"""LoRA recovery of a pruned model (paper protocol, docs/method.md#recovery-with-lora): peft LoRA on q,k,v,o,gate,up,down, AdamW
 with a cosine schedule and warmup, an effective batch by gradient accumulation, then merge into the model.
 
 One call is one recovery stage; the experiment framework chains stages (e.g. a short one, then a long one) by
@@ -99,7 +99,8 @@ def lora_finetune(
 
     Returns:
         ``(merged_model, metrics)``; ``metrics`` is JSON-able (steps, first/last train loss and the curve,
-        eval loss/ppl before and after, tokens seen, seconds, paths, settings).
+        eval loss/ppl before and after, tokens seen, seconds, settings, and ``adapter_dir``/``merged_dir``
+        relative to ``out_dir``, so that they stay true when ``out_dir`` is renamed).
 
     Raises:
         ValueError: a bad setting or data (the message names the value and what is allowed).
@@ -329,8 +330,8 @@ class _Trainer:
             "seconds": seconds,
             "seconds_per_step": seconds / max(1, self.step),
             "trainable_params": trainable,
-            "adapter_dir": str(self.out_dir / "adapter"),
-            "merged_dir": str(self.out_dir / "merged"),
+            "adapter_dir": "adapter",  # relative to out_dir, which its caller may rename (the run cache does)
+            "merged_dir": "merged",
             "settings": self.s,
         }
 

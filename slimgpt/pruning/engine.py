@@ -112,7 +112,7 @@ def prune_model(
     weights = [layer_prunable_params(layer) for layer in layers]
     params_before = count_params(model)
     ratios = plan_ratios(ratio, ratio_of, params_before, weights, schedule, engine.layer_range)
-    check_feasible(model, ratios, engine.head_granularity)
+    check_feasible(model, ratios, engine)
     if pruner.adds_bias:
         add_output_biases(model)
     device = torch.device(engine.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -121,17 +121,20 @@ def prune_model(
         torch.cuda.reset_peak_memory_stats(device)
     with _exact_fp32():
         pruner.prepare(model, calibration)
+        ratios, counts = method_plan(pruner, model, ratio, ratio_of, params_before, ratios, engine)
         inps, batches = capture_inputs(model, calibration, engine.batch_size, device)
         capture_seconds = time.perf_counter() - start
         dense_inps = inps.clone() if engine.track_error else None
         buffers = plan_buffers(engine.passes, pruner, inps, layers, device)
         progress = tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not engine.progress)
-        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine.head_granularity, device, dense_inps,
-                               buffers) for i, layer in enumerate(progress)]
+        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine, device, dense_inps,
+                               None if counts is None else counts[i], buffers)
+                   for i, layer in enumerate(progress)]
     sync_config(model)
     peak, kind = _peak_memory(device)
     return PruneReport(
-        method=pruner.name, schedule=schedule.name, first_ratio=schedule.first_ratio, ratio=ratio,
+        method=pruner.name, schedule=schedule.name if counts is None else f"planned by {pruner.name}",
+        first_ratio=schedule.first_ratio, ratio=ratio,
         ratio_of=ratio_of, params_before=params_before, params_after=count_params(model),
         prunable_before=sum(weights), prunable_after=sum(layer_prunable_params(layer) for layer in layers),
         layers=reports, seconds=time.perf_counter() - start, capture_seconds=capture_seconds,
@@ -184,6 +187,35 @@ def _free_bytes(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def method_plan(
+    pruner: Method,
+    model: SlimGPTForCausalLM,
+    ratio: float,
+    ratio_of: str,
+    params_before: int,
+    ratios: list[float],
+    engine: EngineOptions,
+) -> tuple[list[float], list[tuple[int, int]] | None]:
+    """The per-layer ratios and, for a method that plans every layer's width itself (``Method.plan``, FLAP's
+    global search), its per-layer ``(attention units, FFN channels)`` to remove, which replace the schedule's.
+
+    Returns:
+        ``(ratios, None)`` unchanged when the method does not plan; otherwise each layer's planned ratio (what
+        the report lists as its target) and the counts.
+    """
+    layers = model.model.layers
+    start, end = engine.layer_range if engine.layer_range is not None else (0, len(layers))
+    base = params_before if ratio_of == "total" else sum(layer_prunable_params(layer) for layer in layers[start:end])
+    counts = pruner.plan(model, params_before - ratio * base, engine.head_granularity, engine.layer_range)
+    if counts is None:
+        return ratios, None
+    planned = []
+    for layer, (units, channels) in zip(layers, counts):
+        freed = guaranteed_head_params(layer.self_attn, engine.head_granularity, units)
+        planned.append((freed + channels * channel_params(layer.mlp)) / layer_prunable_params(layer))
+    return planned, counts
+
+
 def check_inputs(model, calibration: torch.Tensor, ratio: float, ratio_of: str) -> None:
     """One clear error for each kind of bad input (before any weight changes)."""
     if not isinstance(model, SlimGPTForCausalLM):
@@ -234,21 +266,34 @@ def plan_ratios(
     return [0.0] * start + layer_ratios(schedule, mean_ratio, inside) + [0.0] * (n - end)
 
 
-def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], granularity: str) -> None:
+def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], engine: EngineOptions) -> None:
     """Refuses, up front, a plan that a layer cannot meet: more than every head but one and every FFN channel but
-    one, counting only the attention parameters certainly freed (see ``guaranteed_head_params``)."""
+    the last (aligned) ones, counting only the attention parameters certainly freed (``guaranteed_head_params``)."""
+    granularity = engine.head_granularity
     for i, (layer, r) in enumerate(zip(model.model.layers, ratios)):
         attn, mlp = layer.self_attn, layer.mlp
         units = attention_block(attn, attn.kv_map, granularity).num_units
         heads_freed = guaranteed_head_params(attn, granularity, head_units(r, units))
         channels_needed = round((r * layer_prunable_params(layer) - heads_freed) / channel_params(mlp))
-        if channels_needed > mlp.intermediate_size - 1:
-            most = (heads_freed + (mlp.intermediate_size - 1) * channel_params(mlp)) / layer_prunable_params(layer)
+        floor = engine.width_multiple if mlp.intermediate_size > engine.width_multiple else 1
+        if channels_needed > mlp.intermediate_size - floor:
+            most = (heads_freed + (mlp.intermediate_size - floor) * channel_params(mlp)) / layer_prunable_params(layer)
             raise ValueError(
                 f"layer {i} would need a ratio of {r:.3f}, but with head_granularity={granularity} at most "
-                f"{most:.3f} of it can surely be removed (one head and one FFN channel stay); lower the ratio "
-                "or use a flatter schedule"
+                f"{most:.3f} of it can surely be removed (one head and {floor} FFN channel(s) stay); lower the "
+                "ratio or use a flatter schedule"
             )
+
+
+def ffn_channels_to_remove(budget: float, width: int, per_channel: int, multiple: int = 1) -> int:
+    """FFN channels to remove so that ``budget`` parameters go (``per_channel`` each), rounded to the nearest
+    count that leaves the layer's width a multiple of ``multiple`` (at least ``multiple`` channels, or one
+    when the width is below it); never negative. ``multiple=1`` is the paper's nearest whole channel."""
+    remove = max(round(budget / per_channel), 0)
+    if remove == 0 or multiple <= 1 or width <= multiple:
+        return min(remove, width - 1)
+    keep = max(multiple * round((width - remove) / multiple), multiple)
+    return max(width - keep, 0) if keep <= width else 0
 
 
 def head_units(ratio: float, units: int) -> int:
@@ -408,12 +453,21 @@ def prune_block(
         return choose_units(block, stats, num_remove, pruner)
 
 
-def ffn_channels(layer: nn.Module, ratio: float, params: int) -> int:
-    """FFN channels to remove so that the layer (``params`` prunable parameters before its heads were pruned)
-    loses ``ratio`` of them: whatever the heads did not take, rounded to channels, at least one kept."""
+def ffn_channels(layer: nn.Module, ratio: float, params: int, engine: EngineOptions,
+                 counts: tuple[int, int] | None) -> int:
+    """FFN channels to remove: the method's planned count if any, else so that the layer (``params`` prunable
+    parameters before its heads were pruned) loses ``ratio`` of them: whatever the heads did not take
+    (:func:`ffn_channels_to_remove`)."""
+    if counts is not None:
+        return counts[1]
     mlp = layer.mlp
     budget = ratio * params - (params - layer_prunable_params(layer))
-    return min(max(round(budget / channel_params(mlp)), 0), mlp.intermediate_size - 1)
+    return ffn_channels_to_remove(budget, mlp.intermediate_size, channel_params(mlp), engine.width_multiple)
+
+
+def attention_units(ratio: float, block: Block, counts: tuple[int, int] | None) -> int:
+    """Attention units to remove: the method's planned count if any, else :func:`head_units`."""
+    return head_units(ratio, block.num_units) if counts is None else counts[0]
 
 
 def _remove_heads(attn: nn.Module, kv_map: list[int], granularity: str, removed: list[int]) -> None:
@@ -433,19 +487,20 @@ def prune_layer_recompute(
     inps: torch.Tensor,
     batches: list[Batch],
     pruner: Method,
-    granularity: str,
+    engine: EngineOptions,
     clock: _Clock,
+    counts: tuple[int, int] | None = None,
 ) -> tuple[dict, dict]:
     """The three-pass layer: a forward up to ``o_proj`` (statistics), heads pruned; a forward of the pruned
     attention up to ``down_proj``, channels pruned; a forward of the pruned layer (the next layer's inputs).
     A method without inputs runs only the last one. Returns the attention and MLP infos."""
     attn, params = layer.self_attn, layer_prunable_params(layer)
     kv_map = list(attn.kv_map)
-    block = attention_block(attn, kv_map, granularity, index)
-    removed, attn_info = prune_block(layer, block, head_units(ratio, block.num_units), inps, batches, pruner, clock)
+    block = attention_block(attn, kv_map, engine.head_granularity, index)
+    removed, attn_info = prune_block(layer, block, attention_units(ratio, block, counts), inps, batches, pruner, clock)
     with clock("selection"):
-        _remove_heads(attn, kv_map, granularity, removed)
-    num_channels = ffn_channels(layer, ratio, params)
+        _remove_heads(attn, kv_map, engine.head_granularity, removed)
+    num_channels = ffn_channels(layer, ratio, params, engine, counts)
     removed, mlp_info = prune_block(layer, mlp_block(layer.mlp, index), num_channels, inps, batches, pruner, clock)
     with clock("selection"):
         _remove_channels(layer.mlp, removed)
@@ -505,9 +560,10 @@ def prune_layer_one_pass(
     inps: torch.Tensor,
     batches: list[Batch],
     pruner: Method,
-    granularity: str,
+    engine: EngineOptions,
     clock: _Clock,
     buffer_device: torch.device,
+    counts: tuple[int, int] | None = None,
 ) -> tuple[dict, dict]:
     """The one-pass layer: every activation computed once (the decoder layer's own computation, split at its
     two ``out_proj``s):
@@ -523,8 +579,8 @@ def prune_layer_one_pass(
     """
     attn, mlp, params, device = layer.self_attn, layer.mlp, layer_prunable_params(layer), inps.device
     kv_map = list(attn.kv_map)
-    block = attention_block(attn, kv_map, granularity, index)
-    num_units = head_units(ratio, block.num_units)
+    block = attention_block(attn, kv_map, engine.head_granularity, index)
+    num_units = attention_units(ratio, block, counts)
     stats = _new_stats(block, pruner, device) if num_units else None
     with clock("statistics"):
         kept = keep_inputs(attn.o_proj, stats, batches, lambda rows, kwargs: layer(inps[rows], **kwargs),
@@ -534,14 +590,14 @@ def prune_layer_one_pass(
         if num_units:
             removed, attn_info = choose_units(block, stats, num_units, pruner)
         heads = _kept_columns(block, removed)
-        _remove_heads(attn, kv_map, granularity, removed)
+        _remove_heads(attn, kv_map, engine.head_granularity, removed)
 
     def attention_then_mlp(rows: slice, kwargs: dict):
         inps[rows] = inps[rows] + attn.o_proj(_columns(kept, rows, heads, device))  # h: the residual stream
         return mlp(layer.post_attention_layernorm(inps[rows]))
 
     block = mlp_block(mlp, index)
-    num_channels = ffn_channels(layer, ratio, params)
+    num_channels = ffn_channels(layer, ratio, params, engine, counts)
     stats = _new_stats(block, pruner, device) if num_channels else None
     with clock("statistics"):
         kept = keep_inputs(mlp.down_proj, stats, batches, attention_then_mlp, buffer_device)
@@ -564,19 +620,23 @@ def prune_layer(
     inps: torch.Tensor,
     batches: list[Batch],
     pruner: Method,
-    granularity: str,
+    engine: EngineOptions,
     device: torch.device,
     dense_inps: torch.Tensor | None = None,
+    counts: tuple[int, int] | None = None,
     buffer_device: torch.device | None = None,
 ) -> LayerReport:
     """Prunes one decoder layer to remove ``ratio`` of its prunable parameters, then advances ``inps``.
 
     Heads are rounded to whole units (``round(ratio · units)``); the FFN then takes whatever part of the
-    layer's parameter budget the heads did not, so the layer ratio is met to within one channel.
+    layer's parameter budget the heads did not, so the layer ratio is met to within one channel (within
+    ``engine.width_multiple / 2`` channels when widths are aligned).
     ``dense_inps`` (optional): the dense model's inputs to this layer, advanced through the layer before it
-    is pruned, to measure the output error against the dense model. ``buffer_device``: where the one-pass
-    loop keeps the layer's activations (:func:`prune_layer_one_pass`); None: three passes
-    (:func:`prune_layer_recompute`, also for a method that needs no inputs and for a layer left dense).
+    is pruned, to measure the output error against the dense model. ``counts`` (optional): the attention
+    units and FFN channels to remove, planned by the method (``method_plan``) instead of derived from ``ratio``.
+    ``buffer_device``: where the one-pass loop keeps the layer's activations (:func:`prune_layer_one_pass`);
+    None: three passes (:func:`prune_layer_recompute`, also for a method that needs no inputs and for a layer
+    left dense).
     """
     start = time.perf_counter()
     clock = _Clock(device)
@@ -587,10 +647,11 @@ def prune_layer(
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     if buffer_device is not None and pruner.needs_inputs and ratio > 0:
-        attn_info, mlp_info = prune_layer_one_pass(layer, index, ratio, inps, batches, pruner, granularity, clock,
-                                                   buffer_device)
+        attn_info, mlp_info = prune_layer_one_pass(layer, index, ratio, inps, batches, pruner, engine, clock,
+                                                   buffer_device, counts)
     else:
-        attn_info, mlp_info = prune_layer_recompute(layer, index, ratio, inps, batches, pruner, granularity, clock)
+        attn_info, mlp_info = prune_layer_recompute(layer, index, ratio, inps, batches, pruner, engine, clock,
+                                                    counts)
     if not torch.isfinite(inps).all():
         raise FloatingPointError(f"non-finite (NaN/inf) outputs of pruned layer {index}")
     layer.to(home)

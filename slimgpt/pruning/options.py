@@ -38,6 +38,9 @@ class EngineOptions:
     progress: show a progress bar over layers.
     track_error: also run the dense model alongside and report each layer's relative output error
         ``‖y - y_dense‖² / ‖y_dense‖²`` (one more layer forward and one more input buffer per layer).
+    width_multiple: FFN widths are rounded to a multiple of this (the OBS step removes channels down to the
+        aligned width; the layer's parameter budget is kept to within half a multiple). 1 = the paper; 32
+        lets llama.cpp use its fast F16/Q8_0 kernels; 256 suits its k-quants.
     passes: ``"one"`` (compute each activation of a layer once and keep the ``o_proj``/``down_proj``
         inputs), ``"three"`` (recompute them: no activation buffers) or ``"auto"`` (one pass when the buffers
         fit, see ``slimgpt.pruning.engine.plan_buffers``). Both choose the same units.
@@ -49,6 +52,7 @@ class EngineOptions:
     device: str | None = None
     progress: bool = True
     track_error: bool = False
+    width_multiple: int = 1
     passes: str = "auto"
 
     def __post_init__(self):
@@ -59,6 +63,8 @@ class EngineOptions:
             raise ValueError(f"unknown passes {self.passes!r}; choose one of {', '.join(PASSES)}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not _is_int(self.width_multiple) or self.width_multiple < 1:
+            raise ValueError(f"width_multiple must be a positive int, got {self.width_multiple!r}")
         if self.layer_range is not None:
             span = tuple(self.layer_range)
             if len(span) != 2 or not all(map(_is_int, span)) or not 0 <= span[0] < span[1]:
@@ -67,6 +73,12 @@ class EngineOptions:
             object.__setattr__(self, "layer_range", span)
         if self.device is not None and not isinstance(self.device, str):
             object.__setattr__(self, "device", str(self.device))
+        if self.device is not None and self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={self.device!r} but this machine has no CUDA GPU (or torch was built "
+                                 "without CUDA); use device='cpu'")
         for name in ("progress", "track_error"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

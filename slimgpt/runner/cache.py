@@ -10,10 +10,15 @@ format, the sha256 and size of every file and the stage's ``meta``; a JSON artif
 ``data.json`` in such a folder. A folder appears only by renaming a complete temporary folder
 (``slimgpt.io.atomic_dir``), so an interrupted write never looks finished. Before an artifact is used its
 files are checked against the marker (sha256 once per process, then sizes and mtimes); an entry that does
-not match or cannot be read is reported as a warning, removed, and rebuilt by the stage.
+not match or cannot be read is reported as a warning, removed, and rebuilt by the stage. A writer killed
+hard (``kill -9``, out of memory) leaves its ``.tmp-<key>-*`` folder; the next store of the same entry
+reports it (a previous run was killed while writing it) and removes it, and ``slimgpt-cache gc`` removes
+any that no later run collects.
 """
 
 import contextlib
+import datetime as dt
+import fcntl
 import functools
 import hashlib
 import json
@@ -148,6 +153,7 @@ class ArtifactCache:
         artifact first, its copy is kept and ours is discarded; a damaged existing entry is replaced.
         """
         final = self.path(kind, key)
+        self.collect_leftovers(kind, key)
         replace = final.exists() and self.problem(final) is not None
         with atomic_dir(final, replace=replace) as tmp:
             write(tmp)
@@ -156,6 +162,27 @@ class ArtifactCache:
                       "files": file_records(tmp, exclude=(MARKER,)), "meta": meta}
             write_json_atomic(tmp / MARKER, marker)
         return final
+
+    def collect_leftovers(self, kind: str, key: str, min_age: float = 3600.0) -> list[Path]:
+        """Removes the unfinished folders (``.tmp-<key>-*``/``.old-<key>-*``) that killed writers of ``kind/key``
+        left, warning that a previous run was killed while writing it; returns the removed paths.
+
+        A folder a live writer still holds (its lock, see ``slimgpt.io.in_use``) is kept; where the file system
+        has no ``flock``, so that a live writer cannot be told from a dead one, only folders last written more
+        than ``min_age`` seconds ago are removed.
+        """
+        kind_dir = self.root / kind
+        removed = []
+        for path in leftovers(kind_dir, key):
+            age = time.time() - _newest_mtime(path)
+            if in_use(path) or (not _locks_work(kind_dir) and age < min_age):
+                continue
+            when = dt.datetime.fromtimestamp(time.time() - age).isoformat(timespec="seconds")
+            warnings.warn(f"a previous run was killed while writing {kind}/{key}: its unfinished folder {path} "
+                          f"(last written {when}) is removed", stacklevel=3)
+            remove_tree(path)
+            removed.append(path)
+        return removed
 
     def dir_meta(self, kind: str, key: str) -> dict:
         """The ``meta`` stored with an artifact (call after :meth:`find_dir` or :meth:`store_dir`)."""
@@ -209,6 +236,22 @@ class ArtifactCache:
         if not self.root.is_dir():
             return []
         return [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def _locks_work(folder: Path) -> bool:
+    """Whether ``flock`` works on ``folder``'s file system (then a lock tells a live writer from a dead one)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _newest_mtime(path: Path) -> float:

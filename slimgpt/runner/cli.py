@@ -8,6 +8,7 @@ import contextlib
 import os
 import dataclasses
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .pipeline import Job, run_job
+from .pipeline import Job, PreflightError, StorageError, run_job
 from .record import RESULTS_FILE, RunRecord
 from .summary import record_rows, to_markdown
 from .specs import parse_stages
@@ -142,8 +143,17 @@ def objective(record: RunRecord) -> float | None:
     return None if final is None else final.first_perplexity()
 
 
+def main() -> float | int | None:
+    """``slimgpt export ...`` goes to the GGUF exporter; anything else is a Hydra run."""
+    if sys.argv[1:2] == ["export"]:
+        from ..export.cli import main as export_main
+
+        sys.exit(export_main(sys.argv[2:]))
+    return hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Compose → typed job → run → print the results table. A bad config value ends the command with one
     line naming it (the full traceback with ``HYDRA_FULL_ERROR=1``), before any stage runs."""
     try:
@@ -154,7 +164,12 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(f"slimgpt: {error}") from None
     logger = instantiate(cfg.logger)
     with sigterm_as_interrupt():
-        record = run_job(job, logger)
+        try:
+            record = run_job(job, logger)
+        except (PreflightError, StorageError) as error:  # before any stage: one line, like a config error
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise SystemExit(f"slimgpt: {error}") from None
     print(f"\nresults: {job.run_dir / RESULTS_FILE}\n" + to_markdown(record_rows(record)), flush=True)
     return objective(record)
 

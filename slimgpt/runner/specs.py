@@ -56,11 +56,6 @@ class ModelSpec:
             self.device == "cpu" or self.device.startswith("cuda"),
             f"model.device={self.device!r}; use 'cpu' or 'cuda[:N]'",
         )
-        if self.device.startswith("cuda"):
-            import torch
-
-            _require(torch.cuda.is_available(), f"model.device={self.device!r} but this machine has no CUDA GPU "
-                     "(or torch was built without CUDA); use model.device=cpu")
 
     def identity(self) -> dict:
         """The fields that determine the weights (the device does not)."""

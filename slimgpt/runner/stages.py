@@ -9,6 +9,7 @@ imported inside each stage, so the runner imports and configs compose while they
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,14 @@ def check_finite_logits(net, tokens: torch.Tensor) -> None:
 
 
 def prune_stage(source: ModelArtifact, model: ModelSpec, calib: CalibSpec, pruner: PrunerSpec,
-                schedule: ScheduleSpec, *, cache: ArtifactCache, logger: Logger) -> tuple[ModelArtifact, dict]:
+                schedule: ScheduleSpec, *, cache: ArtifactCache, logger: Logger,
+                on_report: Callable[[str, dict], None] | None = None) -> tuple[ModelArtifact, dict]:
     """Prunes ``source`` with ``pruner``/``schedule`` on calibration set ``calib``; returns (artifact, report).
 
     The pruned checkpoint is cached under the signature of (source, calib, pruner, schedule): a second job
     with the same values — whatever its finetune/eval settings — loads it instead of pruning again.
+    ``on_report(key, report)`` is called once the prune has finished and *before* its checkpoint is stored,
+    so that a failing store (a full disk) cannot lose the record of a finished prune.
     """
     key = signature({"source": source.key, "calib": spec_dict(calib), "pruner": spec_dict(pruner),
                      "schedule": spec_dict(schedule)}, code=PRUNE_CODE)
@@ -81,13 +85,14 @@ def prune_stage(source: ModelArtifact, model: ModelSpec, calib: CalibSpec, prune
         log.info("prune: reusing the cached model %s", cache.path("pruned", key))
         report = cache.dir_meta("pruned", key)["report"]
     else:
-        report = _prune_and_store(source, model, calib, pruner, schedule, cache, key)
+        report = _prune_and_store(source, model, calib, pruner, schedule, cache, key, on_report)
     _log_prune_report(report, logger)
     return ModelArtifact(label=label, key=key, path=cache.path("pruned", key), cached=cached), report
 
 
-def _prune_and_store(source, model, calib, pruner, schedule, cache, key) -> dict:
-    """Loads ``source``, draws calibration data, prunes in place, checks and stores; returns the report."""
+def _prune_and_store(source, model, calib, pruner, schedule, cache, key, on_report) -> dict:
+    """Loads ``source``, draws calibration data, prunes in place, checks, reports (``on_report``) and stores;
+    returns the report."""
     import slimgpt
     from slimgpt.pruning.engine import prune_model
 
@@ -99,6 +104,8 @@ def _prune_and_store(source, model, calib, pruner, schedule, cache, key) -> dict
     report = prune_model(net, calibration, pruner.ratio, schedule, pruner.options, pruner.engine,
                          pruner.ratio_of).to_dict()
     check_finite_logits(net, calibration[:1])
+    if on_report is not None:
+        on_report(key, report)
     cache.store_dir("pruned", key, _save_checkpoint(net, tokenizer), meta={"report": report})
     return report
 
@@ -158,16 +165,22 @@ def _lora_step(source: ModelArtifact, model: ModelSpec, stage: LoraSpec, index: 
             logger.log({f"{prefix}/step": step, f"{prefix}/train/loss": loss})
     else:
         _lora_train_and_store(source, model, stage, cache, key, prefix, logger)
-    info = cache.dir_meta("finetuned", key)
-    path = cache.path("finetuned", key) / info["checkpoint"]
+    info = _final_paths(cache.dir_meta("finetuned", key), cache.path("finetuned", key))
     logger.summary({f"{prefix}/{k}": v for k, v in info.items() if _is_number(v)})
+    path = Path(info["merged_dir"])
     return ModelArtifact(label=f"{source.label}+lora", key=key, path=path, cached=cached), info
+
+
+def _final_paths(meta: dict, folder: Path) -> dict:
+    """The stored LoRA metrics with ``adapter_dir``/``merged_dir`` as paths under the published ``folder``
+    (the metrics name them relative to the folder training wrote into, the cache's temporary one)."""
+    return {**meta, "adapter_dir": str(folder / "adapter"), "merged_dir": str(folder / meta["checkpoint"])}
 
 
 def _lora_train_and_store(source, model, stage: LoraSpec, cache, key, prefix: str, logger: Logger) -> None:
     """Trains and merges LoRA in a temporary cache folder (adapter/, merged/, metrics.json), then publishes it."""
     from slimgpt.assets import instruction_data
-    from slimgpt.finetune.lora import lora_finetune
+    from slimgpt.finetune.lora import NonFiniteLossError, lora_finetune
 
     net, tokenizer = load_artifact(source, model)
     train = instruction_data(stage.data, "train")[: stage.train_examples]
@@ -179,8 +192,14 @@ def _lora_train_and_store(source, model, stage: LoraSpec, cache, key, prefix: st
         logger.log({f"{prefix}/step": step, **values})
 
     def write(folder: Path) -> None:
-        merged, metrics = lora_finetune(net, tokenizer, train, held_out, out_dir=folder, log_fn=log_fn,
-                                        log_prefix=prefix, **stage.options)
+        try:
+            merged, metrics = lora_finetune(net, tokenizer, train, held_out, out_dir=folder, log_fn=log_fn,
+                                            log_prefix=prefix, **stage.options)
+        except NonFiniteLossError as error:  # its adapter lies in the temporary folder, which goes with it
+            reason = str(error).split(";", 1)[0]
+            raise NonFiniteLossError(f"{prefix}: {reason}; training stopped and its unfinished cache folder, "
+                                     "adapters included, is discarded. Try a lower lr, fp32 (precision='no') "
+                                     "or check the model for NaN weights.", None, error.step) from None
         check_finite_logits(merged, tokenizer("Hello world", return_tensors="pt").input_ids)
         info.update(metrics, checkpoint="merged")
 

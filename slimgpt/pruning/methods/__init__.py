@@ -2,6 +2,7 @@
 
 from . import slimgpt  # noqa: F401  (registers)
 from . import flap  # noqa: F401  (registers)
+from . import flap_sequential  # noqa: F401  (registers)
 from . import llm_pruner  # noqa: F401  (registers)
 from . import magnitude  # noqa: F401  (registers)
 from . import random_units  # noqa: F401  (registers)

@@ -53,6 +53,13 @@ class Method:
     def prepare(self, model, calibration: torch.Tensor) -> None:
         """Hook for whole-model statistics before the layer loop (e.g. gradients for LLM-Pruner)."""
 
+    def plan(self, model, params_after: float, granularity: str,
+             layer_range: tuple[int, int] | None) -> list[tuple[int, int]] | None:
+        """Per layer, ``(attention units, FFN channels)`` to remove, for a method that decides every layer's width
+        itself (FLAP's global search) so that ``model`` keeps ``params_after`` parameters; runs after
+        :meth:`prepare`. ``None`` (the default): the engine's schedule decides."""
+        return None
+
     def options(self) -> dict:
         """The method's options as a plain dict (the report records it)."""
         return asdict(self)

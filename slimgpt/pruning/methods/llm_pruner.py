@@ -54,7 +54,7 @@ COLUMN_MODULES = ("self_attn.o_proj", "mlp.down_proj")
 class LLMPruner(ScoredMethod):
     """LLM-Pruner's block-wise Taylor importance.
 
-    Args:
+    Options (the dataclass fields):
         variant: "element1" (default, the paper's main setting), "element2" or "vector" (see module doc).
     """
 

@@ -19,7 +19,7 @@ from .scoring import ScoredMethod
 class Random(ScoredMethod):
     """Seeded random units.
 
-    Args:
+    Options (the dataclass fields):
         seed: the seed (an int).
     """
 

@@ -13,7 +13,7 @@ from .base import Method, Selection, register
 class SlimGPT(Method):
     """SlimGPT (Ling et al., NeurIPS 2024).
 
-    Args:
+    Options (the dataclass fields):
         damp: relative Hessian damping λ (``H += λ·mean(diag H)·I``); the released code's default 0.01.
         head_score: how heads (KV groups) are ranked, see :func:`slimgpt.pruning.obs.unit_scores`:
             ``"cholesky"`` (the paper's grouped-Cholesky score), ``"exact"`` (the exact OBS group error
