@@ -1,17 +1,21 @@
 """The one layer-wise pruning engine (every method runs through it).
 
-Per decoder layer, in this order (docs/method.md#the-layer-loop): collect statistics of ``o_proj``'s input, prune heads
-(OBS-compensated ``o_proj``, q/k/v rows deleted); collect statistics of ``down_proj``'s input *with the pruned
-attention*, prune channels (gate/up rows deleted); run the pruned layer on all samples — its outputs are the
-next layer's inputs, so errors propagate as in the paper. Inputs of layer 0 are captured once; only the
-current layer lives on the compute device (layer offload). Statistics forwards stop at the hooked module
-(nothing after it is computed) and the layer outputs overwrite the input buffer in place.
+Per decoder layer, in this order (docs/method.md#the-layer-loop): statistics of ``o_proj``'s input, heads
+pruned (OBS-compensated ``o_proj``, q/k/v rows deleted); statistics of ``down_proj``'s input *with the pruned
+attention*, channels pruned (gate/up rows deleted); the pruned layer's outputs are the next layer's inputs,
+so errors propagate as in the paper. Two loops compute this (``EngineOptions.passes``): one pass
+(:func:`prune_layer_one_pass`) computes attention and gate/up once and keeps ``o_proj``'s and ``down_proj``'s
+inputs, three passes (:func:`prune_layer_recompute`) recompute them instead; they choose the same units. Inputs
+of layer 0 are captured once; only the current layer lives on the compute device (layer offload); the layer
+outputs overwrite the input buffer in place.
 """
 
 import contextlib
 import dataclasses
 import logging
+import os
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -121,9 +125,10 @@ def prune_model(
         inps, batches = capture_inputs(model, calibration, engine.batch_size, device)
         capture_seconds = time.perf_counter() - start
         dense_inps = inps.clone() if engine.track_error else None
+        buffers = plan_buffers(engine.passes, pruner, inps, layers, device)
         progress = tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not engine.progress)
         reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine, device, dense_inps,
-                               None if counts is None else counts[i])
+                               None if counts is None else counts[i], buffers)
                    for i, layer in enumerate(progress)]
     sync_config(model)
     peak, kind = _peak_memory(device)
@@ -135,7 +140,51 @@ def prune_model(
         layers=reports, seconds=time.perf_counter() - start, capture_seconds=capture_seconds,
         peak_memory_bytes=peak, peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
         engine=dataclasses.asdict(engine), method_options=pruner.options(),
+        passes="three" if buffers is None and pruner.needs_inputs else "one",
+        buffer_device=None if buffers is None else str(buffers),
     )
+
+
+def activation_bytes(inps: torch.Tensor, layers: nn.ModuleList) -> int:
+    """Bytes of the one-pass loop's activation buffers for the widest layer: ``o_proj``'s and ``down_proj``'s
+    inputs over all calibration tokens, ``n · L · (heads · head_dim + ffn)`` values in the model dtype."""
+    width = max(layer.self_attn.o_proj.in_features + layer.mlp.down_proj.in_features for layer in layers)
+    return inps.shape[0] * inps.shape[1] * width * inps.element_size()
+
+
+def plan_buffers(
+    passes: str, pruner: Method, inps: torch.Tensor, layers: nn.ModuleList, device: torch.device
+) -> torch.device | None:
+    """Where the one-pass loop keeps its activation buffers (:func:`activation_bytes`), or None for three passes.
+
+    ``"auto"``: on the compute device when the buffers take at most half of its free memory (CUDA's free memory;
+    on a CPU the host's available memory), else in host memory when they take at most half of the host's
+    available memory, else three passes (recomputation, no buffers). ``"one"``: the same places, host memory
+    when neither check passes. ``"three"``, and a method that needs no inputs (one pass of the pruned layer
+    either way): None.
+    """
+    if passes == "three" or not pruner.needs_inputs:
+        return None
+    host = torch.device("cpu")
+    need = activation_bytes(inps, layers)
+    if need <= _free_bytes(device) // 2:
+        return device
+    if passes == "one" or need <= _free_bytes(host) // 2:
+        return host
+    log.info("one-pass buffers need %.1f GiB, more than half the free memory: three passes per layer", need / 2**30)
+    return None
+
+
+def _free_bytes(device: torch.device) -> int:
+    """Free memory of ``device``: CUDA's free memory, or the host's available memory (``MemAvailable``)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def method_plan(
@@ -312,21 +361,30 @@ def _device_of(module: nn.Module) -> torch.device:
     return tensor.device
 
 
-@torch.no_grad()
-def collect(layer: nn.Module, target: nn.Linear, stats: InputStats, inps: torch.Tensor, batches: list[Batch]):
-    """Accumulates ``stats`` of ``target``'s input over all samples; the forward stops at ``target``."""
+def _input_of(target: nn.Module, run: Callable[[], object]) -> torch.Tensor:
+    """Calls ``run()`` until it reaches ``target`` and returns ``target``'s input (the rest is not computed)."""
+    got = []
 
     def hook(module, args):
-        stats.add_batch(args[0])
+        got.append(args[0])
         raise _StopForward
 
     handle = target.register_forward_pre_hook(hook)
     try:
-        for batch, kwargs in batches:
-            with contextlib.suppress(_StopForward):
-                layer(inps[batch], **kwargs)
+        with contextlib.suppress(_StopForward):
+            run()
     finally:
         handle.remove()
+    if not got:
+        raise RuntimeError(f"the forward pass never reached {type(target).__name__}")
+    return got[0]
+
+
+@torch.no_grad()
+def collect(layer: nn.Module, target: nn.Linear, stats: InputStats, inps: torch.Tensor, batches: list[Batch]):
+    """Accumulates ``stats`` of ``target``'s input over all samples; the forward stops at ``target``."""
+    for batch, kwargs in batches:
+        stats.add_batch(_input_of(target, lambda: layer(inps[batch], **kwargs)))
 
 
 @torch.no_grad()
@@ -336,26 +394,223 @@ def forward_layer(layer: nn.Module, inps: torch.Tensor, batches: list[Batch]) ->
         inps[batch] = layer(inps[batch], **kwargs)
 
 
-def prune_block(
-    layer: nn.Module, block: Block, num_remove: int, inps: torch.Tensor, batches: list[Batch], pruner: Method
-) -> tuple[list[int], dict]:
-    """Statistics → the method's choice → (compensated) ``out_proj`` weights. Returns removed units, info."""
-    if num_remove == 0:
-        return [], {}
-    stats = None
-    if pruner.needs_inputs:
-        stats = InputStats(block.out_proj.in_features, inps.device, hessian=pruner.needs_hessian)
-        collect(layer, block.out_proj, stats, inps, batches)
+class _Clock:
+    """Seconds per phase of one layer (``statistics``, ``selection``, ``output``; LayerReport's fields)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = {"statistics": 0.0, "selection": 0.0, "output": 0.0}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[phase] += time.perf_counter() - start
+
+
+def _new_stats(block: Block, pruner: Method, device: torch.device) -> InputStats:
+    return InputStats(block.out_proj.in_features, device, hessian=pruner.needs_hessian)
+
+
+@torch.no_grad()
+def choose_units(block: Block, stats: InputStats | None, num_remove: int, pruner: Method) -> tuple[list[int], dict]:
+    """The method's choice → (compensated) ``out_proj`` weight and bias. Returns removed units, info."""
     selection = pruner.select(block, stats, num_remove)
     out = block.out_proj
-    with torch.no_grad():
-        if selection.weight is not None:
-            out.weight.copy_(selection.weight.to(out.weight.dtype))
-        if selection.bias is not None:
-            if out.bias is None:
-                raise TypeError(f"method '{pruner.name}' returns a bias but does not set adds_bias = True")
-            out.bias.copy_(selection.bias.to(out.bias.dtype))
+    if selection.weight is not None:
+        out.weight.copy_(selection.weight.to(out.weight.dtype))
+    if selection.bias is not None:
+        if out.bias is None:
+            raise TypeError(f"method '{pruner.name}' returns a bias but does not set adds_bias = True")
+        out.bias.copy_(selection.bias.to(out.bias.dtype))
     return list(selection.removed), dict(selection.info, removed=len(selection.removed))
+
+
+def prune_block(
+    layer: nn.Module,
+    block: Block,
+    num_remove: int,
+    inps: torch.Tensor,
+    batches: list[Batch],
+    pruner: Method,
+    clock: _Clock | None = None,
+) -> tuple[list[int], dict]:
+    """Statistics (a forward up to ``out_proj``) → the method's choice → (compensated) ``out_proj`` weights.
+    Returns removed units, info."""
+    if num_remove == 0:
+        return [], {}
+    clock = clock or _Clock(inps.device)
+    stats = None
+    if pruner.needs_inputs:
+        stats = _new_stats(block, pruner, inps.device)
+        with clock("statistics"):
+            collect(layer, block.out_proj, stats, inps, batches)
+    with clock("selection"):
+        return choose_units(block, stats, num_remove, pruner)
+
+
+def ffn_channels(layer: nn.Module, ratio: float, params: int, engine: EngineOptions,
+                 counts: tuple[int, int] | None) -> int:
+    """FFN channels to remove: the method's planned count if any, else so that the layer (``params`` prunable
+    parameters before its heads were pruned) loses ``ratio`` of them: whatever the heads did not take
+    (:func:`ffn_channels_to_remove`)."""
+    if counts is not None:
+        return counts[1]
+    mlp = layer.mlp
+    budget = ratio * params - (params - layer_prunable_params(layer))
+    return ffn_channels_to_remove(budget, mlp.intermediate_size, channel_params(mlp), engine.width_multiple)
+
+
+def attention_units(ratio: float, block: Block, counts: tuple[int, int] | None) -> int:
+    """Attention units to remove: the method's planned count if any, else :func:`head_units`."""
+    return head_units(ratio, block.num_units) if counts is None else counts[0]
+
+
+def _remove_heads(attn: nn.Module, kv_map: list[int], granularity: str, removed: list[int]) -> None:
+    if removed:
+        remove_heads(attn, kv_map, removed_heads_of(granularity, kv_map, removed))
+
+
+def _remove_channels(mlp: nn.Module, removed: list[int]) -> None:
+    if removed:
+        remove_channels(mlp, removed)
+
+
+def prune_layer_recompute(
+    layer: nn.Module,
+    index: int,
+    ratio: float,
+    inps: torch.Tensor,
+    batches: list[Batch],
+    pruner: Method,
+    engine: EngineOptions,
+    clock: _Clock,
+    counts: tuple[int, int] | None = None,
+) -> tuple[dict, dict]:
+    """The three-pass layer: a forward up to ``o_proj`` (statistics), heads pruned; a forward of the pruned
+    attention up to ``down_proj``, channels pruned; a forward of the pruned layer (the next layer's inputs).
+    A method without inputs runs only the last one. Returns the attention and MLP infos."""
+    attn, params = layer.self_attn, layer_prunable_params(layer)
+    kv_map = list(attn.kv_map)
+    block = attention_block(attn, kv_map, engine.head_granularity, index)
+    removed, attn_info = prune_block(layer, block, attention_units(ratio, block, counts), inps, batches, pruner, clock)
+    with clock("selection"):
+        _remove_heads(attn, kv_map, engine.head_granularity, removed)
+    num_channels = ffn_channels(layer, ratio, params, engine, counts)
+    removed, mlp_info = prune_block(layer, mlp_block(layer.mlp, index), num_channels, inps, batches, pruner, clock)
+    with clock("selection"):
+        _remove_channels(layer.mlp, removed)
+    with clock("output"):
+        forward_layer(layer, inps, batches)
+    return attn_info, mlp_info
+
+
+@torch.no_grad()
+def keep_inputs(
+    target: nn.Linear,
+    stats: InputStats | None,
+    batches: list[Batch],
+    run: Callable[[slice, dict], object],
+    buffer_device: torch.device,
+) -> torch.Tensor:
+    """Runs ``run(rows, kwargs)`` for every batch until it reaches ``target``, accumulates ``stats`` of
+    ``target``'s input (if given) and keeps it.
+
+    Returns:
+        ``[num_samples, seq_len, target.in_features]`` in the input's dtype (the model's), on ``buffer_device``.
+    """
+    kept = None
+    for rows, kwargs in batches:
+        x = _input_of(target, lambda: run(rows, kwargs))  # [batch, seq_len, in_features]
+        if stats is not None:
+            stats.add_batch(x)
+        if kept is None:
+            kept = torch.empty(batches[-1][0].stop, *x.shape[1:], dtype=x.dtype, device=buffer_device)
+        kept[rows] = x
+    return kept
+
+
+def _kept_columns(block: Block, removed: list[int]) -> torch.Tensor | None:
+    """``[kept]`` ascending ``out_proj`` input columns left when ``removed`` units go (None: all are left)."""
+    if not removed:
+        return None
+    keep = torch.ones(block.out_proj.in_features, dtype=torch.bool)
+    keep[block.units[removed].flatten()] = False
+    return keep.nonzero().flatten()
+
+
+def _columns(kept: torch.Tensor, rows: slice, columns: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """``kept[rows][..., columns]`` on ``device`` (a kept activation, restricted to the columns left)."""
+    x = kept[rows].to(device)
+    if columns is None:
+        return x
+    flat = x.reshape(-1, x.shape[-1]).index_select(1, columns.to(device))  # 2-D: ~10× faster than on dim -1
+    return flat.reshape(*x.shape[:-1], -1)
+
+
+@torch.no_grad()
+def prune_layer_one_pass(
+    layer: nn.Module,
+    index: int,
+    ratio: float,
+    inps: torch.Tensor,
+    batches: list[Batch],
+    pruner: Method,
+    engine: EngineOptions,
+    clock: _Clock,
+    buffer_device: torch.device,
+    counts: tuple[int, int] | None = None,
+) -> tuple[dict, dict]:
+    """The one-pass layer: every activation computed once (the decoder layer's own computation, split at its
+    two ``out_proj``s):
+
+        a = attention(input_layernorm(x))                     → kept: o_proj's input  [n, L, heads·head_dim]
+        heads chosen; h = x + o_proj'(a[..., kept columns])    (o_proj' compensated, its columns sliced)
+        z = act(gate(post_attention_layernorm(h))) · up(...)   → kept: down_proj's input [n, L, ffn]
+        channels chosen; y = h + down_proj'(z[..., kept channels])
+
+    A removed head does not change a kept head's attention output, nor a removed channel a kept channel's
+    activation, so ``y`` is the pruned layer's output up to floating-point reassociation (same units as
+    :func:`prune_layer_recompute`). ``h`` and then ``y`` overwrite ``inps``. Returns the attention and MLP infos.
+    """
+    attn, mlp, params, device = layer.self_attn, layer.mlp, layer_prunable_params(layer), inps.device
+    kv_map = list(attn.kv_map)
+    block = attention_block(attn, kv_map, engine.head_granularity, index)
+    num_units = attention_units(ratio, block, counts)
+    stats = _new_stats(block, pruner, device) if num_units else None
+    with clock("statistics"):
+        kept = keep_inputs(attn.o_proj, stats, batches, lambda rows, kwargs: layer(inps[rows], **kwargs),
+                           buffer_device)
+    removed, attn_info = [], {}
+    with clock("selection"):
+        if num_units:
+            removed, attn_info = choose_units(block, stats, num_units, pruner)
+        heads = _kept_columns(block, removed)
+        _remove_heads(attn, kv_map, engine.head_granularity, removed)
+
+    def attention_then_mlp(rows: slice, kwargs: dict):
+        inps[rows] = inps[rows] + attn.o_proj(_columns(kept, rows, heads, device))  # h: the residual stream
+        return mlp(layer.post_attention_layernorm(inps[rows]))
+
+    block = mlp_block(mlp, index)
+    num_channels = ffn_channels(layer, ratio, params, engine, counts)
+    stats = _new_stats(block, pruner, device) if num_channels else None
+    with clock("statistics"):
+        kept = keep_inputs(mlp.down_proj, stats, batches, attention_then_mlp, buffer_device)
+    removed, mlp_info = [], {}
+    with clock("selection"):
+        if num_channels:
+            removed, mlp_info = choose_units(block, stats, num_channels, pruner)
+        channels = _kept_columns(block, removed)
+        _remove_channels(mlp, removed)
+    with clock("output"):
+        for rows, _ in batches:
+            inps[rows] = inps[rows] + mlp.down_proj(_columns(kept, rows, channels, device))
+    return attn_info, mlp_info
 
 
 def prune_layer(
@@ -369,6 +624,7 @@ def prune_layer(
     device: torch.device,
     dense_inps: torch.Tensor | None = None,
     counts: tuple[int, int] | None = None,
+    buffer_device: torch.device | None = None,
 ) -> LayerReport:
     """Prunes one decoder layer to remove ``ratio`` of its prunable parameters, then advances ``inps``.
 
@@ -378,37 +634,35 @@ def prune_layer(
     ``dense_inps`` (optional): the dense model's inputs to this layer, advanced through the layer before it
     is pruned, to measure the output error against the dense model. ``counts`` (optional): the attention
     units and FFN channels to remove, planned by the method (``method_plan``) instead of derived from ``ratio``.
+    ``buffer_device``: where the one-pass loop keeps the layer's activations (:func:`prune_layer_one_pass`);
+    None: three passes (:func:`prune_layer_recompute`, also for a method that needs no inputs and for a layer
+    left dense).
     """
     start = time.perf_counter()
+    clock = _Clock(device)
     home = _device_of(layer)
     layer.to(device)
     if dense_inps is not None:
         forward_layer(layer, dense_inps, batches)
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
-    kv_map = attn.kv_map
-    block = attention_block(attn, kv_map, engine.head_granularity, index)
-    num_units = head_units(ratio, block.num_units) if counts is None else counts[0]
-    removed, attn_info = prune_block(layer, block, num_units, inps, batches, pruner)
-    if removed:
-        remove_heads(attn, kv_map, removed_heads_of(engine.head_granularity, kv_map, removed))
-    mlp = layer.mlp
-    budget = ratio * params - (params - layer_prunable_params(layer))
-    num_channels = ffn_channels_to_remove(budget, mlp.intermediate_size, channel_params(mlp), engine.width_multiple)
-    num_channels = num_channels if counts is None else counts[1]
-    removed, mlp_info = prune_block(layer, mlp_block(mlp, index), num_channels, inps, batches, pruner)
-    if removed:
-        remove_channels(mlp, removed)
-    forward_layer(layer, inps, batches)
+    if buffer_device is not None and pruner.needs_inputs and ratio > 0:
+        attn_info, mlp_info = prune_layer_one_pass(layer, index, ratio, inps, batches, pruner, engine, clock,
+                                                   buffer_device, counts)
+    else:
+        attn_info, mlp_info = prune_layer_recompute(layer, index, ratio, inps, batches, pruner, engine, clock,
+                                                    counts)
     if not torch.isfinite(inps).all():
         raise FloatingPointError(f"non-finite (NaN/inf) outputs of pruned layer {index}")
     layer.to(home)
     attn = layer.self_attn
     error = None if dense_inps is None else relative_error(inps, dense_inps)
+    phases = clock.seconds
     return LayerReport(
         layer=index, target_ratio=ratio, heads=(widths[0], attn.num_heads), kv_heads=(widths[1], attn.num_kv_heads),
         ffn=(widths[2], layer.mlp.intermediate_size), params=(params, layer_prunable_params(layer)),
-        attention=attn_info, mlp=mlp_info, seconds=time.perf_counter() - start, output_error=error,
+        attention=attn_info, mlp=mlp_info, seconds=time.perf_counter() - start, stats_seconds=phases["statistics"],
+        select_seconds=phases["selection"], output_seconds=phases["output"], output_error=error,
     )
 
 

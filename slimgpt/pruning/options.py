@@ -10,6 +10,11 @@ from typing import Any
 
 from .structures import HEAD_GRANULARITIES
 
+#: how the layer loop computes a layer's activations: ``"one"`` pass (each activation once, the ``o_proj`` and
+#: ``down_proj`` inputs kept in buffers), ``"three"`` passes (recomputed, no buffers), or ``"auto"``
+#: (one pass when the buffers fit: ``slimgpt.pruning.engine.plan_buffers``)
+PASSES = ("auto", "one", "three")
+
 #: what ``ratio`` is a fraction of: the model's total parameters (the paper's convention, embeddings
 #: included) or the prunable parameters of the pruned decoder layers (those in ``layer_range``)
 RATIO_OF = ("total", "layers")
@@ -36,6 +41,9 @@ class EngineOptions:
     width_multiple: FFN widths are rounded to a multiple of this (the OBS step removes channels down to the
         aligned width; the layer's parameter budget is kept to within half a multiple). 1 = the paper; 32
         lets llama.cpp use its fast F16/Q8_0 kernels; 256 suits its k-quants.
+    passes: ``"one"`` (compute each activation of a layer once and keep the ``o_proj``/``down_proj``
+        inputs), ``"three"`` (recompute them: no activation buffers) or ``"auto"`` (one pass when the buffers
+        fit, see ``slimgpt.pruning.engine.plan_buffers``). Both choose the same units.
     """
 
     head_granularity: str = "kv_group"
@@ -45,11 +53,14 @@ class EngineOptions:
     progress: bool = True
     track_error: bool = False
     width_multiple: int = 1
+    passes: str = "auto"
 
     def __post_init__(self):
         if self.head_granularity not in HEAD_GRANULARITIES:
             raise ValueError(f"unknown head_granularity {self.head_granularity!r}; "
                              f"choose one of {', '.join(HEAD_GRANULARITIES)}")
+        if self.passes not in PASSES:
+            raise ValueError(f"unknown passes {self.passes!r}; choose one of {', '.join(PASSES)}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not _is_int(self.width_multiple) or self.width_multiple < 1:
