@@ -1,0 +1,306 @@
+"""How the cost of a prune grows with model size: measured on three models, fitted, predicted up to 70B.
+
+Two steps (issue: scale):
+
+``measure`` prunes one model at fixed calibration in a fresh process per row and appends to
+``benchmarks/results/prune_scaling.json`` (rows are replaced by key: model, ratio, path):
+  * prune wall time and its phases summed over layers (statistics / selection / output, ``PruneReport``),
+  * the peak RSS of the row's process (the whole process: the loaded model included),
+  * one dense forward over the same calibration tokens (same batch size), and the ratio,
+  * perplexity of the pruned model on the wiki test split (``--ppl-tokens`` tokens, windows of 128),
+  * ``--path streaming`` prunes checkpoint to checkpoint with ``slimgpt.prune_checkpoint`` (when available).
+
+    python benchmarks/prune_scaling.py measure --model smollm2-135m --ratios 0 0.2 0.5 --samples 16 --seq-len 256
+
+``report`` fits a cost model to the rows of the two smaller models, checks its prediction for the largest
+measured model against its measurement, predicts LLaMA-7B / 13B / 70B on two GPUs, and writes the table
+(``prune_scaling.md``) and figure (``prune_scaling.png``) to ``benchmarks/results/`` and
+``experiments/tables3_4_efficiency/``.
+
+    python benchmarks/prune_scaling.py report
+
+The cost model (FLOP counts of a model shape, :func:`cost_features`): the statistics phase costs
+``a·F_fwd + b·F_hess`` (the layer forwards, ``2·tokens·params`` plus attention scores, and the Hessian
+accumulation ``2·tokens·d²`` for the inputs of ``o_proj`` (d = hidden) and ``down_proj`` (d = FFN)); the
+selection phase ``c_r·F_obs`` (the OBS solves, ``d³`` per pruned linear, one coefficient per ratio since the
+number of greedy steps grows with the ratio); the output phase ``e·F_out`` (the compensated ``down_proj`` on the
+kept channels). Coefficients are fitted by non-negative least squares (:func:`fit_nonnegative`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's slimgpt, also in spawned rows
+RESULTS = Path(__file__).parent / "results"
+STUDY = Path(__file__).parent.parent / "experiments" / "tables3_4_efficiency"
+PHASES = ("stats", "select", "output")
+
+
+# ------------------------------------------------------------------------------------------ the cost model
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a LLaMA-family decoder that the cost depends on."""
+
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def layer_params(self) -> int:
+        """Linear weights of one decoder layer: q, o (hidden²), k, v (hidden · kv width), gate, up, down."""
+        kv = self.kv_heads * self.head_dim
+        return 2 * self.hidden ** 2 + 2 * self.hidden * kv + 3 * self.hidden * self.ffn
+
+    @property
+    def params(self) -> int:
+        """Decoder linear weights plus embedding and head (untied; the norms and biases are negligible)."""
+        return self.layers * self.layer_params + 2 * self.vocab * self.hidden
+
+
+#: published shapes of the paper's models (LLaMA-1 7B/13B; 70B as LLaMA-2-70B, the only 70B with GQA)
+LLAMA = (Shape("LLaMA-7B", 32, 4096, 32, 32, 11008, 32000), Shape("LLaMA-13B", 40, 5120, 40, 40, 13824, 32000),
+         Shape("LLaMA-2-70B", 80, 8192, 64, 8, 28672, 32000))
+
+
+def shape_of(name: str, config) -> Shape:
+    """The ``Shape`` of a Hugging Face config."""
+    return Shape(name, config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                 config.num_key_value_heads, config.intermediate_size, config.vocab_size)
+
+
+def cost_features(shape: Shape, samples: int, seq_len: int, ratio: float) -> dict[str, float]:
+    """Nominal FLOP counts of the parts of a prune of ``shape`` with ``samples × seq_len`` calibration tokens.
+
+    ``fwd``: the decoder layers' forward (``2·N·params`` + causal attention scores ``2·N·L·hidden``);
+    ``head``: the LM head of a dense forward (``2·N·hidden·vocab``, not part of a prune); ``hess``: Hessian
+    accumulation ``2·N·(hidden² + ffn²)`` per layer; ``obs``: ``hidden³ + ffn³`` per layer (the OBS solves);
+    ``out``: the compensated ``down_proj`` on the kept channels, ``2·N·hidden·ffn·(1 - ratio)`` per layer.
+    """
+    tokens = samples * seq_len
+    h, f, n = shape.hidden, shape.ffn, shape.layers
+    return {"fwd": 2.0 * tokens * n * (shape.layer_params + seq_len * h),
+            "head": 2.0 * tokens * h * shape.vocab,
+            "hess": 2.0 * tokens * n * (h ** 2 + f ** 2),
+            "obs": float(n * (h ** 3 + f ** 3)),
+            "out": 2.0 * tokens * n * h * f * (1 - ratio)}
+
+
+def fit_nonnegative(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Non-negative least squares ``seconds ≈ features @ coef``, relative errors weighted equally.
+
+    features: [rows, k] FLOP counts; seconds: [rows]. Each row is divided by its measured seconds, so a small
+    model's phase counts as much as a large one's. Returns coef: [k] (seconds per FLOP, ≥ 0).
+    """
+    from scipy.optimize import nnls
+
+    features, seconds = np.asarray(features, float), np.asarray(seconds, float)
+    if features.ndim != 2 or features.shape[0] != seconds.shape[0] or features.shape[0] < features.shape[1]:
+        raise ValueError(f"features {features.shape} and seconds {seconds.shape}: need [rows, k] and [rows] with "
+                         "rows >= k")
+    scale = features.max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(features / seconds[:, None] / scale, np.ones_like(seconds))
+    return coef / scale
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Fitted seconds per FLOP of each part on the measuring machine (see :func:`fit_cost_model`)."""
+
+    fwd: float  # statistics phase: layer forwards
+    hess: float  # statistics phase: Hessian accumulation
+    obs: dict  # selection phase, per ratio (str key, e.g. "0.2")
+    out: float  # output phase
+    dense: float  # one dense forward, per FLOP of fwd + head
+
+    def phases(self, shape: Shape, samples: int, seq_len: int, ratio: float) -> dict[str, float]:
+        """Predicted seconds of each phase, the prune and one dense forward."""
+        x = cost_features(shape, samples, seq_len, ratio)
+        phases = {"stats": self.fwd * x["fwd"] + self.hess * x["hess"], "select": self.obs[_key(ratio)] * x["obs"],
+                  "output": self.out * x["out"]}
+        return {**phases, "prune": sum(phases.values()), "forward": self.dense * (x["fwd"] + x["head"])}
+
+
+def _key(ratio: float) -> str:
+    return f"{ratio:g}"
+
+
+def fit_cost_model(rows: list[dict], shapes: dict[str, Shape]) -> CostModel:
+    """Fits :class:`CostModel` to measured prune rows (keys: model, ratio, samples, seq_len, forward_s and
+    ``<phase>_s``); ``shapes`` maps each row's model to its ``Shape``. Pure: no I/O."""
+    x = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"]) for r in rows]
+    stats = fit_nonnegative([[f["fwd"], f["hess"]] for f in x], [r["stats_s"] for r in rows])
+    obs = {}
+    for ratio in sorted({r["ratio"] for r in rows}):
+        pick = [i for i, r in enumerate(rows) if r["ratio"] == ratio]
+        obs[_key(ratio)] = float(fit_nonnegative([[x[i]["obs"]] for i in pick], [rows[i]["select_s"] for i in pick])[0])
+    out = fit_nonnegative([[f["out"]] for f in x], [r["output_s"] for r in rows])[0]
+    dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in x], [r["forward_s"] for r in rows])[0]
+    return CostModel(float(stats[0]), float(stats[1]), obs, float(out), float(dense))
+
+
+# ----------------------------------------------------------------------------------- GPU extrapolation
+
+
+@dataclass(frozen=True)
+class Device:
+    """ASSUMED peak throughputs of a GPU (FLOP/s): dense fp16 tensor cores (fp32 accumulate) for the layer
+    forwards, fp32 without TF32 for the statistics and the OBS math (the engine's numerics)."""
+
+    name: str
+    memory_gb: float
+    fp16: float
+    fp32: float
+
+
+DEVICES = (Device("A100-80GB", 80, 312e12, 19.5e12), Device("RTX 4090 (24 GB)", 24, 165e12, 82.6e12))
+
+
+def gpu_seconds(model: CostModel, cpu_peak: float, device: Device, shape: Shape, samples: int, seq_len: int,
+                ratio: float) -> dict[str, float]:
+    """Predicted phase seconds on ``device``, ASSUMING it reaches the same fraction of its peak for each part
+    as this CPU reached of its measured fp32 matmul peak ``cpu_peak`` (FLOP/s) for that part."""
+    x = cost_features(shape, samples, seq_len, ratio)
+
+    def on_gpu(coef: float, flops: float, peak: float) -> float:
+        return coef * flops * cpu_peak / peak  # (coef · cpu_peak) = the part's cost per FLOP at peak
+
+    phases = {"stats": on_gpu(model.fwd, x["fwd"], device.fp16) + on_gpu(model.hess, x["hess"], device.fp32),
+              "select": on_gpu(model.obs[_key(ratio)], x["obs"], device.fp32),
+              "output": on_gpu(model.out, x["out"], device.fp16)}
+    return {**phases, "prune": sum(phases.values())}
+
+
+def memory_bytes(shape: Shape, samples: int, seq_len: int, weight_bytes: int, act_bytes: int) -> dict[str, float]:
+    """Predicted memory of a prune (bytes): the whole model (in-memory path, host), one layer plus the Hessians
+    and their OBS work copies (fp32, ×4: H, its inverse, a Cholesky factor, a copy), and the one-pass
+    activation buffers (layer input and output, ``o_proj`` and ``down_proj`` inputs) in ``act_bytes``."""
+    tokens = samples * seq_len
+    one_layer = shape.layer_params * weight_bytes
+    hessians = 4 * 4 * (shape.hidden ** 2 + shape.ffn ** 2)
+    buffers = tokens * (3 * shape.hidden + shape.ffn) * act_bytes
+    return {"model": shape.params * weight_bytes, "layer": one_layer + hessians, "buffers": buffers,
+            "embeddings": 2 * shape.vocab * shape.hidden * weight_bytes}
+
+
+def cpu_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
+    """Measured fp32 matmul FLOP/s of this process (one thread as configured), best of ``repeats``."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+# --------------------------------------------------------------------------------------------- measure
+
+
+def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespace) -> dict:
+    """One row in this process: load, one dense forward, prune (unless ratio 0), perplexity, peak RSS."""
+    import torch
+
+    import slimgpt
+    from slimgpt.memory import peak_rss_bytes
+    from prune_speed import dense_forward_seconds
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model, tokenizer = slimgpt.load_model(model_name)
+    calibration = slimgpt.calibration_data("wiki", tokenizer, args.samples, args.seq_len, seed=0)
+    row = {"model": model_name, "ratio": ratio, "path": path, "samples": args.samples, "seq_len": args.seq_len,
+           "batch_size": args.batch_size, "threads": args.threads, "load_s": time.perf_counter() - start,
+           "params_dense": sum(p.numel() for p in model.parameters()), "shape": dataclasses.asdict(
+               shape_of(model_name, model.config)), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if not args.no_forward:
+        row["forward_s"] = dense_forward_seconds(model, calibration, args.batch_size)
+    if ratio > 0:
+        report = slimgpt.prune(model, calibration, ratio, batch_size=args.batch_size)
+        row.update(prune_s=report.seconds, capture_s=report.capture_seconds, passes=report.passes,
+                   achieved=report.achieved_ratio, params=report.params_after,
+                   **{f"{p}_s": sum(getattr(layer, f"{p}_seconds") for layer in report.layers) for p in PHASES})
+    if args.ppl_tokens:
+        row["ppl"] = slimgpt.perplexity(model, tokenizer, "wiki", seq_len=128, max_tokens=args.ppl_tokens)
+        row["ppl_tokens"] = args.ppl_tokens
+    row["peak_rss_mb"] = peak_rss_bytes() / 2**20
+    return row
+
+
+def in_fresh_process(function, *args) -> dict:
+    """``function(*args)`` in a new process, so that its peak RSS is its own."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(function, *args).result()
+
+
+def save_row(row: dict, path: Path) -> None:
+    """Adds ``row`` to the JSON list at ``path``, replacing the row with the same model, ratio and path."""
+    from slimgpt.io import write_json_atomic
+
+    rows = json.loads(path.read_text()) if path.exists() else []
+    key = (row["model"], row["ratio"], row["path"])
+    rows = [r for r in rows if (r["model"], r["ratio"], r["path"]) != key] + [row]
+    write_json_atomic(path, rows)
+
+
+def measure(args: argparse.Namespace) -> None:
+    for ratio in args.ratios:
+        row = in_fresh_process(measure_row, args.model, ratio, args.path, args)
+        row["cpu_matmul_flops"] = in_fresh_process(cpu_matmul_peak)
+        print(json.dumps(row), flush=True)
+        save_row(row, args.out / "prune_scaling.json")
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="prune one model at fixed calibration, one fresh process per ratio")
+    m.add_argument("--model", required=True)
+    m.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.2, 0.5],
+                   help="0 = dense row (forward and perplexity only)")
+    m.add_argument("--path", choices=["in_memory", "streaming"], default="in_memory")
+    m.add_argument("--samples", type=int, default=16)
+    m.add_argument("--seq-len", type=int, default=256)
+    m.add_argument("--batch-size", type=int, default=8)
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--ppl-tokens", type=int, default=8192, help="0: no perplexity")
+    m.add_argument("--no-forward", action="store_true", help="skip the dense forward timing")
+    m.add_argument("--out", type=Path, default=RESULTS)
+    r = sub.add_parser("report", help="fit, predict, write the table and figure")
+    r.add_argument("--fit", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"], help="models the fit uses")
+    r.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    measure(args) if args.command == "measure" else report(args)
+
+
+if __name__ == "__main__":
+    main()
