@@ -223,33 +223,68 @@ def cpu_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
 
 
 def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespace) -> dict:
-    """One row in this process: load, one dense forward, prune (unless ratio 0), perplexity, peak RSS."""
+    """One row in this process: load, one dense forward, prune (unless ratio 0), perplexity, peak RSS.
+
+    ``path="streaming"``: ``slimgpt.prune_checkpoint`` from the model's folder into ``args.work`` (the dense
+    model is never loaded: no dense forward), then the pruned checkpoint is loaded for the perplexity.
+    ``prune_peak_rss_mb`` is the process peak right after the prune (before the perplexity).
+    """
     import torch
+    from transformers import AutoTokenizer
 
     import slimgpt
     from slimgpt.memory import peak_rss_bytes
-    from prune_speed import dense_forward_seconds
+    from slimgpt.sources import model_config
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, tokenizer = slimgpt.load_model(model_name)
+    if path == "streaming":
+        model, tokenizer = None, AutoTokenizer.from_pretrained(slimgpt.sources._resolve(model_name))
+    else:
+        model, tokenizer = slimgpt.load_model(model_name)
     calibration = slimgpt.calibration_data("wiki", tokenizer, args.samples, args.seq_len, seed=0)
     row = {"model": model_name, "ratio": ratio, "path": path, "samples": args.samples, "seq_len": args.seq_len,
-           "batch_size": args.batch_size, "threads": args.threads, "load_s": time.perf_counter() - start,
-           "params_dense": sum(p.numel() for p in model.parameters()), "shape": dataclasses.asdict(
-               shape_of(model_name, model.config)), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    if not args.no_forward:
-        row["forward_s"] = dense_forward_seconds(model, calibration, args.batch_size)
-    if ratio > 0:
-        report = slimgpt.prune(model, calibration, ratio, batch_size=args.batch_size)
-        row.update(prune_s=report.seconds, capture_s=report.capture_seconds, passes=report.passes,
-                   achieved=report.achieved_ratio, params=report.params_after,
-                   **{f"{p}_s": sum(getattr(layer, f"{p}_seconds") for layer in report.layers) for p in PHASES})
+           "batch_size": args.batch_size, "threads": args.threads,
+           "shape": dataclasses.asdict(shape_of(model_name, model_config(model_name))),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if path == "streaming":
+        dst = args.work / f"{Path(model_name).name}-{ratio:g}"
+        report = slimgpt.prune_checkpoint(model_name, dst, calibration, ratio, batch_size=args.batch_size)
+        row.update(_report_fields(report), prune_peak_rss_mb=peak_rss_bytes() / 2**20)
+        model, _ = slimgpt.load_model(dst)
+    else:
+        row["load_s"] = time.perf_counter() - start
+        if not args.no_forward:
+            from prune_speed import dense_forward_seconds
+
+            row["forward_s"] = dense_forward_seconds(model, calibration, args.batch_size)
+        if ratio > 0:
+            row.update(_report_fields(slimgpt.prune(model, calibration, ratio, batch_size=args.batch_size)),
+                       prune_peak_rss_mb=peak_rss_bytes() / 2**20)
+    row.update(params=sum(p.numel() for p in model.parameters()), weights_sha256=weights_sha256(model))
     if args.ppl_tokens:
         row["ppl"] = slimgpt.perplexity(model, tokenizer, "wiki", seq_len=128, max_tokens=args.ppl_tokens)
         row["ppl_tokens"] = args.ppl_tokens
     row["peak_rss_mb"] = peak_rss_bytes() / 2**20
     return row
+
+
+def _report_fields(report) -> dict:
+    """The prune's time, phases (summed over layers) and achieved ratio from its ``PruneReport``."""
+    return dict(prune_s=report.seconds, capture_s=report.capture_seconds, passes=report.passes,
+                achieved=report.achieved_ratio, params_dense=report.params_before,
+                **{f"{p}_s": sum(getattr(layer, f"{p}_seconds") for layer in report.layers) for p in PHASES})
+
+
+def weights_sha256(model) -> str:
+    """sha256 over the state dict (names and bytes, sorted by name): equal hashes = bit-identical weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def in_fresh_process(function, *args) -> dict:
@@ -279,6 +314,168 @@ def measure(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- report
 
+#: the paper's LLaMA-7B prune on one A100 (Table 3, secondary source; docs/method.md#reference-numbers-from-the-paper)
+PAPER_7B = {0.2: 678.0, 0.5: 1074.0}
+PAPER_CALIBRATION = (256, 2048)  # C4 samples × tokens (docs/method.md#calibration-data)
+PCIE = 25e9  # ASSUMED host <-> device bytes/s (PCIe 4.0 x16, effective) for one-pass buffers kept on the host
+
+
+def host_memory_fit(rows: list[dict], shapes: dict[str, Shape]) -> float:
+    """The fixed part of the host peak RSS (bytes: interpreter, libraries, tokenizer, data) as the mean residual
+    of ``prune_peak_rss - memory_bytes(fp32 model + one layer + buffers)`` over ``rows``. Pure."""
+    residuals = []
+    for r in rows:
+        m = memory_bytes(shapes[r["model"]], r["samples"], r["seq_len"], 4, 4)
+        residuals.append(r["prune_peak_rss_mb"] * 2**20 - (m["model"] + m["layer"] + m["buffers"]))
+    return float(np.mean(residuals))
+
+
+def gpu_plan(shape: Shape, device: Device, samples: int, seq_len: int) -> dict:
+    """Where the one-pass buffers go on ``device`` (fp16 weights and activations): on the device when they take
+    at most half of what one layer and the Hessians leave free (the engine's rule), else on the host (their
+    transfers cost ``2 · buffers`` bytes per layer at the assumed ``PCIE``). Bytes of each part."""
+    m = memory_bytes(shape, samples, seq_len, 2, 2)
+    free = device.memory_gb * 1e9 - m["layer"]
+    on_device = m["buffers"] <= free / 2
+    return {**m, "buffers_on": "device" if on_device else "host",
+            "device_peak": m["layer"] + (m["buffers"] if on_device else 2 * samples * seq_len * shape.hidden * 2),
+            "transfer_s": 0.0 if on_device else 2 * shape.layers * m["buffers"] / PCIE}
+
+
+def measured_table(rows: list[dict]) -> str:
+    from slimgpt.tables import markdown_table
+
+    header = ["model", "params", "ratio", "path", "prune s", "stats / select / output s", "dense fwd s",
+              "prune / fwd", "prune peak RSS GB", "ppl (tokens)", "weights sha256"]
+    body = []
+    for r in sorted(rows, key=lambda r: (r["params_dense"] if "params_dense" in r else 0, r["ratio"], r["path"])):
+        pruned = r["ratio"] > 0
+        body.append([r["model"], f"{r.get('params', 0) / 1e9:.3f}B", f"{r['ratio']:.0%}", r["path"],
+                     f"{r['prune_s']:.0f}" if pruned else "-",
+                     " / ".join(f"{r[p + '_s']:.0f}" for p in PHASES) if pruned else "-",
+                     f"{r['forward_s']:.0f}" if "forward_s" in r else "-",
+                     f"{r['prune_s'] / r['forward_s']:.2f}" if pruned and "forward_s" in r else "-",
+                     f"{r['prune_peak_rss_mb'] / 1024:.2f}" if "prune_peak_rss_mb" in r else "-",
+                     f"{r['ppl']:.2f} ({r['ppl_tokens']})" if "ppl" in r else "-",
+                     r.get("weights_sha256", "")[:12]])
+    return markdown_table(header, body)
+
+
+def check_table(model: CostModel, rows: list[dict], shapes: dict, base: float, fitted: list[str]) -> str:
+    """Measured vs predicted time and host memory of every measured in-memory prune row."""
+    from slimgpt.tables import markdown_table
+
+    body = []
+    for r in rows:
+        shape = shapes[r["model"]]
+        p = model.phases(shape, r["samples"], r["seq_len"], r["ratio"])
+        mem = memory_bytes(shape, r["samples"], r["seq_len"], 4, 4)
+        rss = base + mem["model"] + mem["layer"] + mem["buffers"]
+        role = "fit" if r["model"] in fitted else "**check**"
+        body.append([r["model"], role, f"{r['ratio']:.0%}", f"{r['prune_s']:.0f}", f"{p['prune']:.0f}",
+                     f"{100 * (p['prune'] / r['prune_s'] - 1):+.0f}%", f"{r['forward_s']:.0f}",
+                     f"{p['forward']:.0f}", f"{100 * (p['forward'] / r['forward_s'] - 1):+.0f}%",
+                     f"{r['prune_peak_rss_mb'] / 1024:.2f}", f"{rss / 2**30:.2f}",
+                     f"{100 * (rss / 2**20 / r['prune_peak_rss_mb'] - 1):+.0f}%"])
+    header = ["model", "role", "ratio", "prune s measured", "predicted", "error", "dense fwd s measured",
+              "predicted", "error", "peak RSS GB measured", "predicted", "error"]
+    return markdown_table(header, body)
+
+
+def prediction_table(model: CostModel, cpu_peak: float) -> str:
+    """Predicted prune time and memory of the paper's models on the two ASSUMED GPUs, with the paper's 7B."""
+    from slimgpt.tables import markdown_table
+
+    n, seq = PAPER_CALIBRATION
+    body = []
+    for shape in LLAMA:
+        for device in DEVICES:
+            plan = gpu_plan(shape, device, n, seq)
+            for ratio in (0.2, 0.5):
+                t = gpu_seconds(model, cpu_peak, device, shape, n, seq, ratio)
+                paper = f"{PAPER_7B[ratio]:.0f} (measured)" if shape.name == "LLaMA-7B" and device.name.startswith(
+                    "A100") else "-"
+                body.append([shape.name, f"{shape.params / 1e9:.1f}B", device.name, f"{ratio:.0%}",
+                             f"{t['prune'] + plan['transfer_s']:.0f}",
+                             f"{t['stats']:.0f} / {t['select']:.0f} / {t['output']:.0f} / {plan['transfer_s']:.0f}",
+                             paper, f"{plan['device_peak'] / 1e9:.1f}", plan["buffers_on"],
+                             f"{plan['model'] / 1e9:.0f}",
+                             f"{(plan['embeddings'] + plan['layer'] + (plan['buffers'] if plan['buffers_on'] == 'host' else 0)) / 1e9:.1f}"])
+    header = ["model", "params", "GPU (assumed peaks)", "ratio", "prune s (predicted)",
+              "stats / select / output / transfers s", "paper s", "device peak GB (predicted)", "buffers on",
+              "host GB in-memory (predicted)", "host GB streaming (predicted)"]
+    return markdown_table(header, body)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Fits on ``args.fit`` models, checks on the others, predicts the paper's models; writes md and png."""
+    from slimgpt.io import write_text_atomic
+
+    rows = json.loads((args.out / "prune_scaling.json").read_text())
+    shapes = {r["model"]: Shape(**r["shape"]) for r in rows}
+    pruned = [r for r in rows if r["ratio"] > 0 and r["path"] == "in_memory" and "forward_s" in r]
+    fit_rows = [r for r in pruned if r["model"] in args.fit]
+    model = fit_cost_model(fit_rows, shapes)
+    base = host_memory_fit(fit_rows, shapes)
+    cpu_peak = float(np.median([r["cpu_matmul_flops"] for r in rows]))
+    text = "\n\n".join([
+        REPORT_HEAD.format(samples=rows[0]["samples"], seq_len=rows[0]["seq_len"], cpu=cpu_peak / 1e9,
+                           fit=", ".join(args.fit)),
+        "### Measured (CPU, one thread)", measured_table(rows),
+        "### The fit and its check (time and host memory, in-memory path)",
+        check_table(model, pruned, shapes, base, args.fit),
+        f"Fitted: statistics {model.fwd * cpu_peak:.2f} × forward FLOPs + {model.hess * cpu_peak:.2f} × Hessian "
+        f"FLOPs, selection {', '.join(f'{k}: {v * cpu_peak:.1f}' for k, v in model.obs.items())} × d³ FLOPs, "
+        f"output {model.out * cpu_peak:.2f} × FLOPs, dense forward {model.dense * cpu_peak:.2f} × FLOPs (each as "
+        f"seconds at the measured matmul peak of {cpu_peak / 1e9:.0f} GFLOP/s; 1.00 = peak speed); host RSS = "
+        f"{base / 2**30:.2f} GB fixed + fp32 model + one layer with its Hessians + one-pass buffers.",
+        "### Predicted: the paper's models on one GPU (PREDICTED, not measured)",
+        prediction_table(model, cpu_peak), PREDICTION_NOTES])
+    for folder in (args.out, STUDY):
+        write_text_atomic(folder / "prune_scaling.md", text + "\n")
+        figure(model, cpu_peak, pruned, shapes, folder / "prune_scaling.png")
+    print(text)
+
+
+REPORT_HEAD = """Prune cost vs model size. Calibration {samples}×{seq_len} wiki tokens, batch 8, schedule log_increase, \
+method slimgpt, one-pass layer loop, fp32, CPU one thread (2-core machine shared with other jobs; load varied). \
+Each row is one fresh process (`python benchmarks/prune_scaling.py measure ...`); the fit uses {fit}; \
+`python benchmarks/prune_scaling.py report` writes this file. Measured fp32 matmul peak of one thread: \
+{cpu:.0f} GFLOP/s (median over rows)."""
+
+PREDICTION_NOTES = """ASSUMPTIONS of the predicted rows: calibration 256×2048 (the paper's); fp16 weights and \
+activations on the GPU, fp32 statistics and OBS math without TF32 (the engine's numerics); peak throughputs \
+A100-80GB 312 TFLOP/s fp16 tensor / 19.5 TFLOP/s fp32, RTX 4090 (24 GB) 165 / 82.6 TFLOP/s; each part runs \
+at the same fraction of the GPU's peak as it ran of the CPU's measured matmul peak here (optimistic for the \
+selection phase, a sequence of small greedy steps that a GPU runs far below peak); one-pass buffers that do \
+not fit in half the free device memory stay on the host and cross PCIe twice per layer at 25 GB/s; host \
+memory: fp16 model (in-memory path) vs embeddings + one layer (+ host buffers) for the streaming path \
+(`slimgpt.prune_checkpoint`). The paper's 678 s / 1,074 s (LLaMA-7B, one A100, its Table 3) are measured by \
+its authors with their released code (three forwards per layer, inverse recomputed every greedy step)."""
+
+
+def figure(model: CostModel, cpu_peak: float, rows: list[dict], shapes: dict, out: Path) -> None:
+    """Prune seconds vs parameters: measured CPU rows, the fitted CPU curve, the A100 prediction, the paper."""
+    from slimgpt import plots
+
+    sizes = sorted({shapes[r["model"]] for r in rows}, key=lambda s: s.params) + list(LLAMA)
+    n, seq = PAPER_CALIBRATION
+    series = {}
+    for ratio in (0.2, 0.5):
+        measured = sorted((shapes[r["model"]].params / 1e9, r["prune_s"]) for r in rows if r["ratio"] == ratio)
+        series[f"measured CPU {ratio:.0%}"] = ([m[0] for m in measured], [m[1] for m in measured])
+        series[f"predicted CPU {ratio:.0%}"] = ([s.params / 1e9 for s in sizes], [
+            model.phases(s, rows[0]["samples"], rows[0]["seq_len"], ratio)["prune"] for s in sizes])
+        series[f"predicted A100 {ratio:.0%}, 256×2048"] = ([s.params / 1e9 for s in LLAMA], [
+            gpu_seconds(model, cpu_peak, DEVICES[0], s, n, seq, ratio)["prune"] for s in LLAMA])
+    series["paper A100 (LLaMA-7B)"] = ([LLAMA[0].params / 1e9] * 2, list(PAPER_7B.values()))
+    plots.plot_xy(series, out, xlabel="parameters (billions)", ylabel="prune seconds", logx=True, logy=True,
+                  title="Prune time vs model size: measured (CPU) and predicted",
+                  caption=f"CPU: {rows[0]['samples']}×{rows[0]['seq_len']} tokens, one thread; A100: predicted "
+                          "from the CPU fit with assumed peaks (benchmarks/results/prune_scaling.md).")
+
+
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,6 +491,7 @@ def main() -> None:
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--ppl-tokens", type=int, default=8192, help="0: no perplexity")
     m.add_argument("--no-forward", action="store_true", help="skip the dense forward timing")
+    m.add_argument("--work", type=Path, default=Path("/tmp/prune_scaling"), help="streaming: pruned checkpoints")
     m.add_argument("--out", type=Path, default=RESULTS)
     r = sub.add_parser("report", help="fit, predict, write the table and figure")
     r.add_argument("--fit", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"], help="models the fit uses")
