@@ -243,13 +243,15 @@ def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespa
     else:
         model, tokenizer = slimgpt.load_model(model_name)
     calibration = slimgpt.calibration_data("wiki", tokenizer, args.samples, args.seq_len, seed=0)
-    row = {"model": model_name, "ratio": ratio, "path": path, "samples": args.samples, "seq_len": args.seq_len,
+    row = {"model": model_name, "ratio": ratio, "ratio_of": args.ratio_of, "path": path, "samples": args.samples,
+           "seq_len": args.seq_len,
            "batch_size": args.batch_size, "threads": args.threads,
            "shape": dataclasses.asdict(shape_of(model_name, model_config(model_name))),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if path == "streaming":
         dst = args.work / f"{Path(model_name).name}-{ratio:g}"
-        report = slimgpt.prune_checkpoint(model_name, dst, calibration, ratio, batch_size=args.batch_size)
+        report = slimgpt.prune_checkpoint(model_name, dst, calibration, ratio, batch_size=args.batch_size,
+                                          ratio_of=args.ratio_of)
         row.update(_report_fields(report), prune_peak_rss_mb=peak_rss_bytes() / 2**20)
         model, _ = slimgpt.load_model(dst)
     else:
@@ -259,7 +261,8 @@ def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespa
 
             row["forward_s"] = dense_forward_seconds(model, calibration, args.batch_size)
         if ratio > 0:
-            row.update(_report_fields(slimgpt.prune(model, calibration, ratio, batch_size=args.batch_size)),
+            report = slimgpt.prune(model, calibration, ratio, batch_size=args.batch_size, ratio_of=args.ratio_of)
+            row.update(_report_fields(report),
                        prune_peak_rss_mb=peak_rss_bytes() / 2**20)
     row.update(params=sum(p.numel() for p in model.parameters()), weights_sha256=weights_sha256(model))
     if args.ppl_tokens:
@@ -484,6 +487,9 @@ def main() -> None:
     m.add_argument("--model", required=True)
     m.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.2, 0.5],
                    help="0 = dense row (forward and perplexity only)")
+    m.add_argument("--ratio-of", choices=["layers", "total"], default="layers",
+                   help="layers: a share of the decoder layers' parameters (comparable across sizes: the embeddings "
+                        "are 2%% of LLaMA-7B but 43%% of Qwen2.5-0.5B, whose 50%% of total is out of reach)")
     m.add_argument("--path", choices=["in_memory", "streaming"], default="in_memory")
     m.add_argument("--samples", type=int, default=16)
     m.add_argument("--seq-len", type=int, default=256)
