@@ -35,6 +35,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -250,6 +251,8 @@ def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespa
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if path == "streaming":
         dst = args.work / f"{Path(model_name).name}-{ratio:g}"
+        shutil.rmtree(dst, ignore_errors=True)  # a previous run's checkpoint
+        args.work.mkdir(parents=True, exist_ok=True)
         report = slimgpt.prune_checkpoint(model_name, dst, calibration, ratio, batch_size=args.batch_size,
                                           ratio_of=args.ratio_of)
         row.update(_report_fields(report), prune_peak_rss_mb=peak_rss_bytes() / 2**20)
