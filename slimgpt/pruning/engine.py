@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..modeling import SlimGPTForCausalLM
+from .balanced import check_balanced, group_sizes, slots_to_free
 from .methods import Method, make_method
 from .options import EngineOptions, check_ratio
 from .report import LayerReport, PruneReport
@@ -104,6 +105,7 @@ def prune_model(
 ) -> PruneReport:
     """The layer loop: prunes ``model`` in place with typed options (see :func:`prune` for the arguments)."""
     check_inputs(model, calibration, ratio, ratio_of)
+    method.check_granularity(engine.head_granularity)
     if model.config.is_pruned():
         log.warning("this model was pruned before (per-layer widths differ); pruning it again removes "
                     "%s of its *current* parameters", f"{ratio:.1%}")
@@ -272,8 +274,8 @@ def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], engine: Engin
     granularity = engine.head_granularity
     for i, (layer, r) in enumerate(zip(model.model.layers, ratios)):
         attn, mlp = layer.self_attn, layer.mlp
-        units = attention_block(attn, attn.kv_map, granularity).num_units
-        heads_freed = guaranteed_head_params(attn, granularity, head_units(r, units))
+        units = attention_units(r, attention_block(attn, attn.kv_map, granularity), None)
+        heads_freed = guaranteed_head_params(attn, granularity, units)
         channels_needed = round((r * layer_prunable_params(layer) - heads_freed) / channel_params(mlp))
         floor = engine.width_multiple if mlp.intermediate_size > engine.width_multiple else 1
         if channels_needed > mlp.intermediate_size - floor:
@@ -420,6 +422,12 @@ def _new_stats(block: Block, pruner: Method, device: torch.device) -> InputStats
 def choose_units(block: Block, stats: InputStats | None, num_remove: int, pruner: Method) -> tuple[list[int], dict]:
     """The method's choice → (compensated) ``out_proj`` weight and bias. Returns removed units, info."""
     selection = pruner.select(block, stats, num_remove)
+    if block.groups is not None:
+        try:
+            check_balanced(block.groups, list(selection.removed), num_remove)
+        except ValueError as err:
+            raise RuntimeError(f"method '{pruner.name}' ignored head_granularity=balanced_query_head in layer "
+                               f"{block.layer}: {err}") from None
     out = block.out_proj
     if selection.weight is not None:
         out.weight.copy_(selection.weight.to(out.weight.dtype))
@@ -466,8 +474,13 @@ def ffn_channels(layer: nn.Module, ratio: float, params: int, engine: EngineOpti
 
 
 def attention_units(ratio: float, block: Block, counts: tuple[int, int] | None) -> int:
-    """Attention units to remove: the method's planned count if any, else :func:`head_units`."""
-    return head_units(ratio, block.num_units) if counts is None else counts[0]
+    """Attention units to remove: the method's planned count if any, else :func:`head_units`; for a balanced
+    query-head block the head slots to free (``balanced.slots_to_free``: query + kv heads, each one slot)."""
+    if counts is not None:
+        return counts[0]
+    if block.groups is not None:
+        return slots_to_free(ratio, group_sizes(block.groups))
+    return head_units(ratio, block.num_units)
 
 
 def _remove_heads(attn: nn.Module, kv_map: list[int], granularity: str, removed: list[int]) -> None:

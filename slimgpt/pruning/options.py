@@ -28,8 +28,10 @@ def _is_int(value: Any) -> bool:
 class EngineOptions:
     """Options of the layer loop (``slimgpt.pruning.engine.prune_model``).
 
-    head_granularity: ``"kv_group"`` (a key-value head with its query heads is one unit, the paper's) or
-        ``"query_head"`` (single query heads; a kv head goes when no query head reads it).
+    head_granularity: ``"kv_group"`` (a key-value head with its query heads is one unit, the paper's),
+        ``"query_head"`` (single query heads; a kv head goes when no query head reads it) or
+        ``"balanced_query_head"`` (single query heads, every kept kv head keeping the same number: the layout
+        llama.cpp runs; ``slimgpt.pruning.balanced``).
     layer_range: ``(start, end)``: only layers ``start <= i < end`` are pruned (LLM-Pruner's setting keeps
         the first and last layers dense); ``None`` = all layers. Checked against the model's depth when the
         ratios are planned.
