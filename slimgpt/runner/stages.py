@@ -7,6 +7,7 @@ and stores the result. The library functions they call (``slimgpt.prune``, ``sli
 imported inside each stage, so the runner imports and configs compose while they are optional.
 """
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -92,7 +93,12 @@ def prune_stage(source: ModelArtifact, model: ModelSpec, calib: CalibSpec, prune
 
 def _prune_and_store(source, model, calib, pruner, schedule, cache, key, on_report) -> dict:
     """Loads ``source``, draws calibration data, prunes in place, checks, reports (``on_report``) and stores;
-    returns the report."""
+    returns the report.
+
+    The prune keeps a per-layer checkpoint in the cache (``<kind>/.resume-<key>``, ``ArtifactCache.resume_path``):
+    a job killed mid-prune (a SLURM pre-emption) and run again resumes after the last finished layer, with
+    bit-identical weights; a finished prune removes it. Disk buffers (``buffers: disk``) go next to it.
+    """
     import slimgpt
     from slimgpt.pruning.engine import prune_model
 
@@ -101,13 +107,21 @@ def _prune_and_store(source, model, calib, pruner, schedule, cache, key, on_repo
                                            seed=calib.seed)  # [num_samples, seq_len]
     log.info("prune: %s to ratio %.3f of %s parameters, schedule %s", pruner.method, pruner.ratio,
              pruner.ratio_of, schedule.name)
-    report = prune_model(net, calibration, pruner.ratio, schedule, pruner.options, pruner.engine,
-                         pruner.ratio_of).to_dict()
+    report = prune_model(net, calibration, pruner.ratio, schedule, pruner.options, _engine_in(pruner, cache),
+                         pruner.ratio_of, checkpoint_dir=cache.resume_path("pruned", key)).to_dict()
     check_finite_logits(net, calibration[:1])
     if on_report is not None:
         on_report(key, report)
     cache.store_dir("pruned", key, _save_checkpoint(net, tokenizer), meta={"report": report})
     return report
+
+
+def _engine_in(pruner: PrunerSpec, cache: ArtifactCache):
+    """The pruner's engine options with the disk buffers in the run cache unless a folder is set (the cache key
+    is computed before: where the buffers live changes no number)."""
+    if pruner.engine.buffer_dir is not None:
+        return pruner.engine
+    return dataclasses.replace(pruner.engine, buffer_dir=str(cache.path("pruned", ".buffers")))
 
 
 def _log_prune_report(report: dict, logger: Logger) -> None:
