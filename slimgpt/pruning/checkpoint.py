@@ -50,13 +50,18 @@ STATE = "state.json"
 _VOLATILE_CONFIG = ("transformers_version", "architectures", "auto_map")
 
 
-def sample_hash(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 of each tensor's name, shape, dtype and first 1024 values (meta tensors: no values)."""
+#: how many leading values of each tensor :func:`sample_hash` reads
+SAMPLE = 1024
+
+
+def sample_hash(named: Iterable[tuple[str, torch.Tensor, torch.Tensor | None]]) -> str:
+    """sha256 of ``(name, tensor, head)`` triples: each tensor's name, shape and dtype, and its first ``SAMPLE``
+    values ``head`` (flattened; None: not hashed, e.g. a tensor only on the meta device)."""
     digest = hashlib.sha256()
-    for name, tensor in named:
+    for name, tensor, head in named:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        if tensor.device.type != "meta":
-            head = tensor.reshape(-1)[:1024].detach().cpu().contiguous()
+        if head is not None:
+            head = head.reshape(-1)[:SAMPLE].detach().cpu().contiguous()
             digest.update(head.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -261,5 +266,5 @@ def set_layer_weights(layer: nn.Module, widths: dict, tensors: dict[str, torch.T
     layer.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True, assign=True)
 
 
-__all__ = ["Checkpointed", "fingerprint", "layer_widths", "restore_layer", "sample_hash", "save_layer",
+__all__ = ["SAMPLE", "Checkpointed", "fingerprint", "layer_widths", "restore_layer", "sample_hash", "save_layer",
            "set_layer_weights"]

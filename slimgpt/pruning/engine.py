@@ -231,9 +231,9 @@ class LayerStore:
     def sample(self) -> str:
         """sha256 of every dense parameter's name, shape, dtype and first 1024 values (cheap; what a checkpoint
         checks to tell one model from another with the same config)."""
-        from .checkpoint import sample_hash
+        from .checkpoint import SAMPLE, sample_hash
 
-        return sample_hash((name, p.detach()) for name, p in self.model.named_parameters())
+        return sample_hash((name, p, p.reshape(-1)[:SAMPLE]) for name, p in self.model.named_parameters())
 
 
 def run_layers(

@@ -1,0 +1,154 @@
+"""Streaming (out-of-core) pruning (issue 14 §1): the lazy shard reader, and ``prune_checkpoint`` against the
+in-memory path on tiny multi-shard checkpoints — bit-identical weights, one decoder layer in memory at a time."""
+
+import json
+
+import pytest
+import torch
+
+import slimgpt
+from slimgpt.pruning import engine
+from slimgpt.pruning.streaming import ShardReader, prune_checkpoint
+from slimgpt.sources import tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CALIB = torch.randint(0, 256, (7, 16), generator=torch.Generator().manual_seed(0))  # batches of 3, 3, 1
+OPTIONS = dict(batch_size=3, progress=False)
+
+
+def saved(tmp_path, family: str, shard: str | None = "60KB", **sizes):
+    """A dense tiny model saved as a checkpoint folder (several shards unless ``shard`` is None) + tokenizer."""
+    folder = tmp_path / f"{family}-src"
+    dense = tiny_model(family, **{"heads": 8, "kv_heads": 2, "ffn": 128, **sizes})
+    dense.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def in_memory(folder, ratio: float = 0.3, **options):
+    model, _ = slimgpt.load_model(folder)
+    report = slimgpt.prune(model, CALIB, ratio, **OPTIONS, **options)
+    return model, report
+
+
+def assert_same_weights(model, reference):
+    got, want = model.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    for key in ("layer_num_heads", "layer_num_key_value_heads", "layer_kv_map", "layer_intermediate_sizes"):
+        assert getattr(model.config, key) == getattr(reference.config, key)
+
+
+@pytest.mark.parametrize("shard", ["60KB", None], ids=["sharded", "single-file"])
+def test_the_reader_gives_every_tensor_of_sharded_and_single_file_checkpoints(tmp_path, shard):
+    folder = saved(tmp_path, "qwen2", shard)
+    assert (folder / "model.safetensors.index.json").exists() == (shard is not None)
+    state = tiny_model("qwen2", heads=8, kv_heads=2, ffn=128).state_dict()
+    reader = ShardReader(folder)
+    assert reader.names() == sorted(state)
+    layer = reader.tensors("model.layers.1.")
+    assert sorted(layer) == sorted(k[len("model.layers.1."):] for k in state if k.startswith("model.layers.1."))
+    for name, tensor in layer.items():
+        assert torch.equal(tensor, state[f"model.layers.1.{name}"])
+    assert torch.equal(reader.head("model.embed_tokens.weight", torch.float32),
+                       state["model.embed_tokens.weight"].reshape(-1)[:1024])
+
+
+def test_a_folder_without_safetensors_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no safetensors weights"):
+        ShardReader(tmp_path)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(track_error=True, passes="three"),
+                                     dict(head_granularity="query_head", method="wanda_sp")],
+                         ids=["slimgpt", "three-pass-track-error", "wanda-query-head"])
+def test_streaming_equals_the_in_memory_prune(tmp_path, family, options):
+    folder = saved(tmp_path, family)
+    assert len(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]) > 0
+    reference, want = in_memory(folder, **options)
+    report = prune_checkpoint(folder, tmp_path / "out", CALIB, 0.3, **OPTIONS, **options)
+    model, _ = slimgpt.load_model(tmp_path / "out")
+    assert_same_weights(model, reference)
+    assert report.params_after == want.params_after and [r.ffn for r in report.layers] == [r.ffn for r in want.layers]
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == model.config.num_hidden_layers + 1  # a shard per layer + 1
+
+
+def test_tied_embeddings_stream_too(tmp_path):
+    folder = saved(tmp_path, "llama", tie_word_embeddings=True)
+    reference, _ = in_memory(folder)
+    prune_checkpoint(folder, tmp_path / "out", CALIB, 0.3, **OPTIONS)
+    model, _ = slimgpt.load_model(tmp_path / "out")
+    assert_same_weights(model, reference)
+    with torch.no_grad():
+        assert torch.equal(model(CALIB).logits, reference(CALIB).logits)
+
+
+def test_only_the_layer_being_pruned_is_in_memory(monkeypatch, tmp_path):
+    folder = saved(tmp_path, "llama", num_layers=5)
+    real, loaded = engine.prune_layer, []
+
+    def prune_layer(layer, index, *args):
+        model_layers = layer_owner["layers"]
+        loaded.append([i for i, m in enumerate(model_layers) if next(m.parameters()).device.type != "meta"])
+        return real(layer, index, *args)
+
+    layer_owner = {}
+    real_store = slimgpt.pruning.streaming.StreamingLayers.__init__
+
+    def remember(self, model, *args):
+        layer_owner["layers"] = model.model.layers
+        real_store(self, model, *args)
+
+    monkeypatch.setattr(slimgpt.pruning.streaming.StreamingLayers, "__init__", remember)
+    monkeypatch.setattr(engine, "prune_layer", prune_layer)
+    prune_checkpoint(folder, tmp_path / "out", CALIB, 0.3, **OPTIONS)
+    assert loaded == [[0], [1], [2], [3], [4]]
+
+
+def test_an_interrupted_stream_resumes_bit_identical_and_from_an_in_memory_checkpoint(monkeypatch, tmp_path):
+    """The checkpoint is the same for both paths: a prune killed in memory resumes streamed (and vice versa)."""
+    folder = saved(tmp_path, "qwen2")
+    reference, _ = in_memory(folder)
+    real = engine.prune_layer
+
+    def stop_at_2(layer, index, *args):
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(layer, index, *args)
+
+    monkeypatch.setattr(engine, "prune_layer", stop_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        in_memory(folder, checkpoint_dir=tmp_path / "ckpt")
+    monkeypatch.undo()
+    prune_checkpoint(folder, tmp_path / "out", CALIB, 0.3, checkpoint_dir=tmp_path / "ckpt", **OPTIONS)
+    model, _ = slimgpt.load_model(tmp_path / "out")
+    assert_same_weights(model, reference)
+    assert not (tmp_path / "ckpt").exists()
+
+    monkeypatch.setattr(engine, "prune_layer", stop_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoint(folder, tmp_path / "out2", CALIB, 0.3, checkpoint_dir=tmp_path / "ckpt", **OPTIONS)
+    assert not (tmp_path / "out2").exists()  # the destination appears only once complete
+    monkeypatch.undo()
+    prune_checkpoint(folder, tmp_path / "out2", CALIB, 0.3, checkpoint_dir=tmp_path / "ckpt", **OPTIONS)
+    assert_same_weights(slimgpt.load_model(tmp_path / "out2")[0], reference)
+
+
+@pytest.mark.parametrize("method", ["llm_pruner", "flap"])
+def test_methods_that_need_the_whole_model_are_refused(tmp_path, method):
+    with pytest.raises(ValueError, match=f"method '{method}' needs the whole model"):
+        prune_checkpoint(saved(tmp_path, "llama"), tmp_path / "out", CALIB, 0.2, method=method, **OPTIONS)
+
+
+def test_bad_sources_and_destinations_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="built in memory and has no checkpoint"):
+        prune_checkpoint("tiny:llama", tmp_path / "out", CALIB, 0.2)
+    with pytest.raises(FileNotFoundError, match="needs a local checkpoint folder"):
+        prune_checkpoint(tmp_path / "nothing", tmp_path / "out", CALIB, 0.2)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        prune_checkpoint(saved(tmp_path, "llama"), tmp_path / "full", CALIB, 0.2)
