@@ -11,6 +11,7 @@ import torch
 import slimgpt
 from slimgpt.pruning import engine
 from slimgpt.runner.cache import ArtifactCache
+from slimgpt.runner.loggers import NoneLogger
 from slimgpt.runner.specs import CalibSpec, ModelSpec, PrunerSpec, ScheduleSpec
 from slimgpt.runner.stages import dense_artifact, prune_stage
 
@@ -159,7 +160,7 @@ def test_the_prune_stage_resumes_after_a_pre_emption(monkeypatch, tmp_path):
 
     def run(cache):
         return prune_stage(dense_artifact(specs["model"]), specs["model"], specs["calib"], specs["pruner"],
-                           specs["schedule"], cache=cache, logger=_Quiet())
+                           specs["schedule"], cache=cache, logger=NoneLogger())
 
     uninterrupted, _ = run(ArtifactCache(tmp_path / "a"))
     cache = ArtifactCache(tmp_path / "b")
@@ -178,13 +179,6 @@ def test_the_prune_stage_resumes_after_a_pre_emption(monkeypatch, tmp_path):
     net, _ = slimgpt.load_model(artifact.path)
     reference, _ = slimgpt.load_model(uninterrupted.path)
     assert_same_weights(net, reference)
-
-
-class _Quiet:
-    def log(self, *args):
-        pass
-
-    log_table = summary = log
 
 
 def test_gc_removes_stale_checkpoints_only(tmp_path, capsys):

@@ -152,3 +152,36 @@ def test_bad_sources_and_destinations_are_refused(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="not an empty folder"):
         prune_checkpoint(saved(tmp_path, "llama"), tmp_path / "full", CALIB, 0.2)
+
+
+# ----------------------------------------------------------------------------------------------- the runner
+
+
+def test_the_prune_stage_streams_with_the_same_key_and_weights(tmp_path):
+    from slimgpt.runner.cache import ArtifactCache
+    from slimgpt.runner.loggers import NoneLogger
+    from slimgpt.runner.specs import CalibSpec, ModelSpec, PrunerSpec, ScheduleSpec
+    from slimgpt.runner.stages import dense_artifact, prune_stage
+
+    folder = saved(tmp_path, "qwen2")
+    calib = CalibSpec(source="wiki", num_samples=5, seq_len=16)
+    pruner = PrunerSpec(method="slimgpt", ratio=0.3, engine={"batch_size": 2, "progress": False})
+    artifacts = []
+    for streaming in (False, True):
+        model = ModelSpec(name=str(folder), streaming=streaming)
+        artifact, report = prune_stage(dense_artifact(model), model, calib, pruner, ScheduleSpec(name="log_increase"),
+                                       cache=ArtifactCache(tmp_path / f"cache-{streaming}"), logger=NoneLogger())
+        artifacts.append(artifact)
+        assert len(report["layers"]) == 4
+    assert artifacts[0].key == artifacts[1].key  # streaming changes no number, so not the key
+    assert_same_weights(slimgpt.load_model(artifacts[1].path)[0], slimgpt.load_model(artifacts[0].path)[0])
+    assert (artifacts[1].path / "model.safetensors.index.json").exists()
+
+
+@pytest.mark.parametrize("values,message", [(dict(streaming="yes"), "use true, false or auto"),
+                                            (dict(name="tiny:llama", streaming=True), "no checkpoint to stream")])
+def test_bad_streaming_values_fail_when_the_spec_is_built(values, message):
+    from slimgpt.runner.specs import ModelSpec
+
+    with pytest.raises(ValueError, match=message):
+        ModelSpec(**{"name": "smollm2-135m", **values})

@@ -185,10 +185,15 @@ def source_folder(name_or_path: str | os.PathLike) -> Path:
         raise ValueError(f"'{name}' is built in memory and has no checkpoint to stream; save it with "
                          "save_pretrained and stream that folder")
     folder = Path(_resolve(name))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"streaming needs a local checkpoint folder or an asset name; '{name}' is neither "
-                                "(download a hub model first)")
-    return folder
+    if folder.is_dir():
+        return folder
+    try:  # a hub id: its files only (config, safetensors shards, tokenizer), not a loaded model
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as error:  # noqa: BLE001 - any failure means: no checkpoint to stream
+        raise FileNotFoundError(f"streaming needs a local checkpoint folder, an asset name or a reachable hub id; "
+                                f"'{name}' is none of these ({type(error).__name__})") from None
 
 
 def prune_checkpoint(

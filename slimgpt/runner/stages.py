@@ -102,6 +102,8 @@ def _prune_and_store(source, model, calib, pruner, schedule, cache, key, on_repo
     import slimgpt
     from slimgpt.pruning.engine import prune_model
 
+    if _streams(source, model, pruner):
+        return _prune_streamed(source, model, calib, pruner, schedule, cache, key, on_report)
     net, tokenizer = load_artifact(source, model)
     calibration = slimgpt.calibration_data(calib.source, tokenizer, calib.num_samples, calib.seq_len,
                                            seed=calib.seed)  # [num_samples, seq_len]
@@ -114,6 +116,54 @@ def _prune_and_store(source, model, calib, pruner, schedule, cache, key, on_repo
         on_report(key, report)
     cache.store_dir("pruned", key, _save_checkpoint(net, tokenizer), meta={"report": report})
     return report
+
+
+def _streams(source: ModelArtifact, model: ModelSpec, pruner: PrunerSpec) -> bool:
+    """Whether the prune streams (``model.streaming``; ``auto``: a model that can stream, with a method that can,
+    whose dense weights take more than half of the host's available memory)."""
+    if model.streaming != "auto":
+        return bool(model.streaming)
+    from slimgpt.pruning.engine import _free_bytes
+    from slimgpt.pruning.streaming import check_streamable
+
+    from .pipeline import checkpoint_bytes
+
+    if source.path is None and model.name.startswith("tiny:"):
+        return False
+    try:
+        check_streamable(pruner.options)
+    except ValueError:
+        return False
+    return (checkpoint_bytes(model) or 0) > _free_bytes(torch.device("cpu")) // 2
+
+
+def _prune_streamed(source, model, calib, pruner, schedule, cache, key, on_report) -> dict:
+    """The streamed prune (``slimgpt.prune_checkpoint``) of ``source``'s checkpoint straight into the cache folder:
+    one decoder layer in memory at a time. The engine checks every layer's outputs for NaN/inf; the whole-model
+    logits check of the in-memory path is skipped (it would load the whole model)."""
+    import slimgpt
+    from slimgpt.pruning.streaming import prune_checkpoint, source_folder
+    from transformers import AutoTokenizer
+
+    folder = source_folder(source.path or model.name)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    calibration = slimgpt.calibration_data(calib.source, tokenizer, calib.num_samples, calib.seq_len,
+                                           seed=calib.seed)  # [num_samples, seq_len]
+    log.info("prune (streaming from %s): %s to ratio %.3f of %s parameters, schedule %s", folder, pruner.method,
+             pruner.ratio, pruner.ratio_of, schedule.name)
+    meta: dict = {}
+
+    def write(out: Path) -> None:
+        meta["report"] = prune_checkpoint(
+            folder, out, calibration, pruner.ratio, schedule, pruner.options, pruner.ratio_of,
+            dtype=getattr(torch, model.dtype), checkpoint_dir=cache.resume_path("pruned", key),
+            **dataclasses.asdict(_engine_in(pruner, cache))).to_dict()
+        if on_report is not None:
+            on_report(key, meta["report"])
+
+    cache.store_dir("pruned", key, write, meta=meta)
+    return meta["report"]
 
 
 def _engine_in(pruner: PrunerSpec, cache: ArtifactCache):
