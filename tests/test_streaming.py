@@ -185,3 +185,52 @@ def test_bad_streaming_values_fail_when_the_spec_is_built(values, message):
 
     with pytest.raises(ValueError, match=message):
         ModelSpec(**{"name": "smollm2-135m", **values})
+
+
+# ----------------------------------------------------------------------------------------------- disk buffers
+
+
+def test_disk_buffers_give_the_host_buffers_weights_and_leave_no_file(tmp_path, family):
+    from helpers import slim_tiny
+
+    models = {}
+    for place in ("host", "disk"):
+        models[place] = slim_tiny(family)
+        report = slimgpt.prune(models[place], CALIB, 0.3, passes="one", buffers=place,
+                               buffer_dir=str(tmp_path / "buffers"), track_error=True, **OPTIONS)
+        assert report.passes == "one"
+        assert report.buffer_device == ("cpu" if place == "host" else f"disk:{tmp_path / 'buffers'}")
+    assert_same_weights(models["disk"], models["host"])
+    assert list((tmp_path / "buffers").iterdir()) == []  # each file was unlinked once mapped
+
+
+def test_buffers_go_to_device_then_host_then_disk_then_three_passes(monkeypatch, tmp_path):
+    from helpers import slim_tiny
+    from slimgpt.pruning.engine import DiskBuffers, activation_bytes, plan_buffers
+    from slimgpt.pruning.methods import make_method
+
+    model, method, cpu = slim_tiny("llama"), make_method("slimgpt"), torch.device("cpu")
+    inps = torch.zeros(7, 16, 64)
+    need = activation_bytes(inps, model.model.layers)
+    disk = DiskBuffers(str(tmp_path))
+
+    def plan(room: dict, passes="auto", buffers="auto"):
+        monkeypatch.setattr(engine, "_free_bytes", lambda place: room["disk" if isinstance(place, DiskBuffers) else "ram"])
+        return plan_buffers(passes, method, inps, model.model.layers, cpu, buffers, str(tmp_path))
+
+    assert plan({"ram": 2 * need, "disk": 0}) == cpu  # half of the free memory is enough
+    assert plan({"ram": 2 * need - 1, "disk": 2 * need}) == disk
+    assert plan({"ram": 2 * need - 1, "disk": 2 * need - 1}) is None  # three passes
+    assert plan({"ram": 0, "disk": 0}, passes="one") == cpu
+    assert plan({"ram": 0, "disk": 0}, buffers="disk") == disk
+    assert plan({"ram": 2 * need, "disk": 2 * need}, buffers="host") == cpu
+    assert plan({"ram": 2 * need, "disk": 2 * need}, passes="three") is None
+
+
+@pytest.mark.parametrize("values,message", [(dict(buffers="ssd"), "unknown buffers 'ssd'; choose one of auto"),
+                                            (dict(buffers="disk", passes="three"), "passes='three' keeps none")])
+def test_bad_buffer_options_are_refused(values, message):
+    from slimgpt.pruning.options import EngineOptions
+
+    with pytest.raises(ValueError, match=message):
+        EngineOptions(**values)
