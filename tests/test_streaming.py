@@ -234,3 +234,21 @@ def test_bad_buffer_options_are_refused(values, message):
 
     with pytest.raises(ValueError, match=message):
         EngineOptions(**values)
+
+
+# ----------------------------------------------------------------------------------------------- GPU check
+
+
+def test_the_gpu_check_says_so_and_runs_nothing_without_cuda(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "models", lambda *a: pytest.fail("ran without a GPU"))
+    assert gpu_check.main(["--out", str(tmp_path)]) == gpu_check.NO_CUDA
+    assert "no CUDA GPU on this machine" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
