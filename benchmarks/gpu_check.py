@@ -140,7 +140,8 @@ def cpu_vs_gpu(name: str, calibration: torch.Tensor) -> dict:
     gpu_units, gpu_weights = chosen_units(name, calibration, "cuda")
     same = sum(a == b for a, b in zip(cpu_units, gpu_units))
     shapes_equal = all(cpu_weights[k].shape == gpu_weights[k].shape for k in cpu_weights)
-    diff = max(float((cpu_weights[k] - gpu_weights[k].cpu()).abs().max()) for k in cpu_weights) if shapes_equal else None
+    diff = (max(float((cpu_weights[k] - gpu_weights[k].cpu()).abs().max()) for k in cpu_weights)
+            if shapes_equal else None)
     return {"check": "CPU vs GPU units (fp32)", "model": name, "ok": same == len(cpu_units),
             "blocks_same": f"{same}/{len(cpu_units)}", "max_weight_diff": diff}
 

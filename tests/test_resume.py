@@ -55,7 +55,8 @@ def assert_same_weights(model, reference):
         assert getattr(model.config, key) == getattr(reference.config, key)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(track_error=True), dict(passes="three", head_granularity="query_head")],
+@pytest.mark.parametrize("options", [dict(), dict(track_error=True),
+                                     dict(passes="three", head_granularity="query_head")],
                          ids=["one-pass", "track_error", "three-pass-query-head"])
 def test_an_interrupted_prune_resumes_bit_identical(monkeypatch, tmp_path, family, options):
     kwargs = dict(OPTIONS, **options)

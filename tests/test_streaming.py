@@ -215,7 +215,8 @@ def test_buffers_go_to_device_then_host_then_disk_then_three_passes(monkeypatch,
     disk = DiskBuffers(str(tmp_path))
 
     def plan(room: dict, passes="auto", buffers="auto"):
-        monkeypatch.setattr(engine, "_free_bytes", lambda place: room["disk" if isinstance(place, DiskBuffers) else "ram"])
+        monkeypatch.setattr(engine, "_free_bytes",
+                            lambda place: room["disk" if isinstance(place, DiskBuffers) else "ram"])
         return plan_buffers(passes, method, inps, model.model.layers, cpu, buffers, str(tmp_path))
 
     assert plan({"ram": 2 * need, "disk": 0}) == cpu  # half of the free memory is enough

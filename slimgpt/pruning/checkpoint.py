@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 #: bump when the checkpoint layout changes (an older checkpoint is then refused, not misread)
 FORMAT = 1
 STATE = "state.json"
-#: config keys that do not describe the architecture (paths, versions, runtime choices)
-_VOLATILE_CONFIG = ("transformers_version", "architectures", "auto_map")
+#: config keys that do not describe the architecture (paths, versions; the dtype the weights were saved in:
+#: the dtype they are pruned in is fingerprinted on its own)
+_VOLATILE_CONFIG = ("transformers_version", "architectures", "auto_map", "dtype", "torch_dtype")
 
 
 #: how many leading values of each tensor :func:`sample_hash` reads
@@ -200,7 +201,7 @@ class Checkpointed(LayerStore):
         if loop.dense_inps is not None:
             buffers["dense_inps"] = loop.dense_inps
         inputs = f"inputs-{index + 1:05d}.safetensors"
-        _save_atomic(buffers, self.folder / inputs)
+        save_tensors_atomic(buffers, self.folder / inputs)
         state = {"format": FORMAT, "fingerprint": self.fingerprint, "layers_done": index + 1, "inputs": inputs,
                  "seconds": loop.elapsed(), "reports": [dataclasses.asdict(r) for r in loop.reports]}
         write_json_atomic(self.folder / STATE, state)
@@ -218,7 +219,8 @@ def _layer_report(values: dict) -> LayerReport:
     return LayerReport(**{k: tuple(v) if k in pairs else v for k, v in values.items()})
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+                        ) -> None:
     """``safetensors`` file ``path`` written under a temporary name, flushed, then renamed into place."""
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
     try:
@@ -239,7 +241,7 @@ def layer_widths(layer: nn.Module) -> dict:
 
 def save_layer(layer: nn.Module, path: Path) -> None:
     """Writes a decoder layer's weights (its ``state_dict``) and widths to the safetensors file ``path``."""
-    _save_atomic(layer.state_dict(), path, metadata={"format": "pt", "widths": json.dumps(layer_widths(layer))})
+    save_tensors_atomic(layer.state_dict(), path, metadata={"format": "pt", "widths": json.dumps(layer_widths(layer))})
 
 
 def restore_layer(layer: nn.Module, path: Path) -> None:

@@ -207,8 +207,9 @@ class LayerStore:
 
     The loop calls ``first = resume(loop)``; then, for ``i = first .. n-1``, ``layer = load(i)``, prunes it
     in place (:func:`prune_layer`, which advances ``loop.inps``) and calls ``done(i, layer, loop)``; at the end,
-    ``finish(completed)`` (also when a layer raised: ``completed=False``). This base class is the model in memory: ``load`` returns the model's own layer and the other
-    steps do nothing. ``sample()`` identifies the dense weights for a checkpoint's fingerprint.
+    ``finish(completed)`` (also when a layer raised: ``completed=False``). This base class is the model in
+    memory: ``load`` returns the model's own layer and the other steps do nothing. ``sample()`` identifies the
+    dense weights for a checkpoint's fingerprint.
     """
 
     def __init__(self, model: SlimGPTForCausalLM):

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..io import atomic_dir, read_json, write_json_atomic
 from ..modeling import SlimGPTForCausalLM
-from .checkpoint import SAMPLE, _save_atomic, sample_hash
+from .checkpoint import SAMPLE, save_tensors_atomic, sample_hash
 from .engine import LayerStore, LoopState, prune_model, typed_arguments
 from .methods import Method
 from .report import PruneReport
@@ -46,7 +46,8 @@ class ShardReader:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         if (self.folder / INDEX).is_file():
-            self.files = {name: self.folder / file for name, file in read_json(self.folder / INDEX)["weight_map"].items()}
+            weight_map = read_json(self.folder / INDEX)["weight_map"]
+            self.files = {name: self.folder / file for name, file in weight_map.items()}
         elif (self.folder / SINGLE).is_file():
             with safe_open(self.folder / SINGLE, framework="pt") as f:
                 self.files = {name: self.folder / SINGLE for name in f.keys()}
@@ -91,7 +92,7 @@ class ShardWriter:
     def write(self, shard: int, tensors: dict[str, torch.Tensor]) -> None:
         """Writes shard ``shard`` (0-based) holding ``tensors`` (full names)."""
         file = f"model-{shard + 1:05d}-of-{self.num_shards:05d}.safetensors"
-        _save_atomic(tensors, self.folder / file, metadata={"format": "pt"})
+        save_tensors_atomic(tensors, self.folder / file, metadata={"format": "pt"})
         self.weight_map.update(dict.fromkeys(tensors, file))
         self.total_size += sum(t.numel() * t.element_size() for t in tensors.values())
 
@@ -249,10 +250,9 @@ def _prune_into(model, reader, src: Path, dst: Path, calibration, ratio, schedul
     store = StreamingLayers(model, reader, writer, dtype)
     report = prune_model(model, calibration, ratio, schedule, method, engine, ratio_of, checkpoint_dir, store)
     model.config.dtype = dtype
+    custom_object_save(model, dst, config=model.config)  # the modeling code, and auto_map in the config
     model.config.save_pretrained(dst)
     model.generation_config.save_pretrained(dst)
-    custom_object_save(model, dst, config=model.config)
-    model.config.save_pretrained(dst)  # again: custom_object_save adds auto_map to the config
     for file in src.iterdir():
         if file.name.startswith(("tokenizer", "special_tokens_map", "chat_template", "vocab", "merges")):
             shutil.copy2(file, dst / file.name)
