@@ -336,15 +336,15 @@ def host_memory_fit(rows: list[dict], shapes: dict[str, Shape]) -> float:
     return float(np.mean(residuals))
 
 
-def gpu_plan(shape: Shape, device: Device, samples: int, seq_len: int) -> dict:
+def gpu_plan(shape: Shape, device: Device, samples: int, seq_len: int, batch_size: int = 8) -> dict:
     """Where the one-pass buffers go on ``device`` (fp16 weights and activations): on the device when they take
     at most half of what one layer and the Hessians leave free (the engine's rule), else on the host (their
     transfers cost ``2 · buffers`` bytes per layer at the assumed ``PCIE``). Bytes of each part."""
     m = memory_bytes(shape, samples, seq_len, 2, 2)
     free = device.memory_gb * 1e9 - m["layer"]
     on_device = m["buffers"] <= free / 2
-    return {**m, "buffers_on": "device" if on_device else "host",
-            "device_peak": m["layer"] + (m["buffers"] if on_device else 2 * samples * seq_len * shape.hidden * 2),
+    resident = m["buffers"] if on_device else m["buffers"] * batch_size / samples  # else one batch at a time
+    return {**m, "buffers_on": "device" if on_device else "host", "device_peak": m["layer"] + resident,
             "transfer_s": 0.0 if on_device else 2 * shape.layers * m["buffers"] / PCIE}
 
 
@@ -413,6 +413,23 @@ def prediction_table(model: CostModel, cpu_peak: float) -> str:
     return markdown_table(header, body)
 
 
+def streaming_lines(rows: list[dict]) -> list[str]:
+    """One sentence per streaming row: its peak, time and weights against the in-memory row of the same prune."""
+    lines = []
+    for r in (r for r in rows if r["path"] == "streaming"):
+        mem = next((m for m in rows if m["path"] == "in_memory" and (m["model"], m["ratio"]) == (r["model"], r["ratio"])
+                    and "prune_s" in m), None)
+        if mem is None:
+            continue
+        same = r["weights_sha256"] == mem["weights_sha256"]
+        lines.append(
+            f"{r['model']} at {r['ratio']:.0%}: streaming prune peak RSS {r['prune_peak_rss_mb'] / 1024:.2f} GB vs "
+            f"in-memory {mem['prune_peak_rss_mb'] / 1024:.2f} GB (**{r['prune_peak_rss_mb'] / mem['prune_peak_rss_mb']:.2f}×**), "
+            f"prune {r['prune_s']:.0f} s vs {mem['prune_s']:.0f} s, perplexity {r.get('ppl', float('nan')):.4f} vs "
+            f"{mem.get('ppl', float('nan')):.4f}; weights {'bit-identical (equal sha256 of the state dict)' if same else 'DIFFERENT'}.")
+    return lines
+
+
 def report(args: argparse.Namespace) -> None:
     """Fits on ``args.fit`` models, checks on the others, predicts the paper's models; writes md and png."""
     from slimgpt.io import write_text_atomic
@@ -427,7 +444,7 @@ def report(args: argparse.Namespace) -> None:
     text = "\n\n".join([
         REPORT_HEAD.format(samples=rows[0]["samples"], seq_len=rows[0]["seq_len"], cpu=cpu_peak / 1e9,
                            fit=", ".join(args.fit)),
-        "### Measured (CPU, one thread)", measured_table(rows),
+        "### Measured (CPU, one thread)", measured_table(rows), *streaming_lines(rows),
         "### The fit and its check (time and host memory, in-memory path)",
         check_table(model, pruned, shapes, base, args.fit),
         f"Fitted: statistics {model.fwd * cpu_peak:.2f} × forward FLOPs + {model.hess * cpu_peak:.2f} × Hessian "
@@ -437,7 +454,7 @@ def report(args: argparse.Namespace) -> None:
         f"{base / 2**30:.2f} GB fixed + fp32 model + one layer with its Hessians + one-pass buffers.",
         "### Predicted: the paper's models on one GPU (PREDICTED, not measured)",
         prediction_table(model, cpu_peak), PREDICTION_NOTES])
-    for folder in (args.out, STUDY):
+    for folder in (args.out, args.study):
         write_text_atomic(folder / "prune_scaling.md", text + "\n")
         figure(model, cpu_peak, pruned, shapes, folder / "prune_scaling.png")
     print(text)
@@ -505,6 +522,7 @@ def main() -> None:
     r = sub.add_parser("report", help="fit, predict, write the table and figure")
     r.add_argument("--fit", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"], help="models the fit uses")
     r.add_argument("--out", type=Path, default=RESULTS)
+    r.add_argument("--study", type=Path, default=STUDY, help="the study folder that also gets the table and PNG")
     args = parser.parse_args()
     measure(args) if args.command == "measure" else report(args)
 
