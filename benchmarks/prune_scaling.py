@@ -92,16 +92,17 @@ def shape_of(name: str, config) -> Shape:
                  config.num_key_value_heads, config.intermediate_size, config.vocab_size)
 
 
-def cost_features(shape: Shape, samples: int, seq_len: int, ratio: float) -> dict[str, float]:
+def cost_features(shape: Shape, samples: int, seq_len: int, ratio: float, layers: int | None = None) -> dict[str, float]:
     """Nominal FLOP counts of the parts of a prune of ``shape`` with ``samples × seq_len`` calibration tokens.
 
     ``fwd``: the decoder layers' forward (``2·N·params`` + causal attention scores ``2·N·L·hidden``);
     ``head``: the LM head of a dense forward (``2·N·hidden·vocab``, not part of a prune); ``hess``: Hessian
     accumulation ``2·N·(hidden² + ffn²)`` per layer; ``obs``: ``hidden³ + ffn³`` per layer (the OBS solves);
     ``out``: the compensated ``down_proj`` on the kept channels, ``2·N·hidden·ffn·(1 - ratio)`` per layer.
+    ``layers``: the pruned layers (default all) for every count but ``head``.
     """
     tokens = samples * seq_len
-    h, f, n = shape.hidden, shape.ffn, shape.layers
+    h, f, n = shape.hidden, shape.ffn, shape.layers if layers is None else layers
     return {"fwd": 2.0 * tokens * n * (shape.layer_params + seq_len * h),
             "head": 2.0 * tokens * h * shape.vocab,
             "hess": 2.0 * tokens * n * (h ** 2 + f ** 2),
@@ -137,12 +138,14 @@ class CostModel:
     out: float  # output phase
     dense: float  # one dense forward, per FLOP of fwd + head
 
-    def phases(self, shape: Shape, samples: int, seq_len: int, ratio: float) -> dict[str, float]:
-        """Predicted seconds of each phase, the prune and one dense forward."""
-        x = cost_features(shape, samples, seq_len, ratio)
+    def phases(self, shape: Shape, samples: int, seq_len: int, ratio: float, layers: int | None = None
+               ) -> dict[str, float]:
+        """Predicted seconds of each phase, the prune (of ``layers`` layers, default all) and one dense forward."""
+        x = cost_features(shape, samples, seq_len, ratio, layers)
+        dense = cost_features(shape, samples, seq_len, ratio)
         phases = {"stats": self.fwd * x["fwd"] + self.hess * x["hess"], "select": self.obs[_key(ratio)] * x["obs"],
                   "output": self.out * x["out"]}
-        return {**phases, "prune": sum(phases.values()), "forward": self.dense * (x["fwd"] + x["head"])}
+        return {**phases, "prune": sum(phases.values()), "forward": self.dense * (dense["fwd"] + dense["head"])}
 
 
 def _key(ratio: float) -> str:
@@ -152,14 +155,16 @@ def _key(ratio: float) -> str:
 def fit_cost_model(rows: list[dict], shapes: dict[str, Shape]) -> CostModel:
     """Fits :class:`CostModel` to measured prune rows (keys: model, ratio, samples, seq_len, forward_s and
     ``<phase>_s``); ``shapes`` maps each row's model to its ``Shape``. Pure: no I/O."""
-    x = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"]) for r in rows]
+    x = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"], r.get("pruned_layers"))
+         for r in rows]
+    full = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"]) for r in rows]
     stats = fit_nonnegative([[f["fwd"], f["hess"]] for f in x], [r["stats_s"] for r in rows])
     obs = {}
     for ratio in sorted({r["ratio"] for r in rows}):
         pick = [i for i, r in enumerate(rows) if r["ratio"] == ratio]
         obs[_key(ratio)] = float(fit_nonnegative([[x[i]["obs"]] for i in pick], [rows[i]["select_s"] for i in pick])[0])
     out = fit_nonnegative([[f["out"]] for f in x], [r["output_s"] for r in rows])[0]
-    dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in x], [r["forward_s"] for r in rows])[0]
+    dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in full], [r["forward_s"] for r in rows])[0]
     return CostModel(float(stats[0]), float(stats[1]), obs, float(out), float(dense))
 
 
@@ -254,7 +259,7 @@ def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespa
         shutil.rmtree(dst, ignore_errors=True)  # a previous run's checkpoint
         args.work.mkdir(parents=True, exist_ok=True)
         report = slimgpt.prune_checkpoint(model_name, dst, calibration, ratio, batch_size=args.batch_size,
-                                          ratio_of=args.ratio_of)
+                                          ratio_of=args.ratio_of, **_range(args))
         row.update(_report_fields(report), prune_peak_rss_mb=peak_rss_bytes() / 2**20)
         model, _ = slimgpt.load_model(dst)
     else:
@@ -264,7 +269,8 @@ def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespa
 
             row["forward_s"] = dense_forward_seconds(model, calibration, args.batch_size)
         if ratio > 0:
-            report = slimgpt.prune(model, calibration, ratio, batch_size=args.batch_size, ratio_of=args.ratio_of)
+            report = slimgpt.prune(model, calibration, ratio, batch_size=args.batch_size, ratio_of=args.ratio_of,
+                                   **_range(args))
             row.update(_report_fields(report),
                        prune_peak_rss_mb=peak_rss_bytes() / 2**20)
     row.update(params=sum(p.numel() for p in model.parameters()), weights_sha256=weights_sha256(model))
@@ -275,9 +281,14 @@ def measure_row(model_name: str, ratio: float, path: str, args: argparse.Namespa
     return row
 
 
+def _range(args: argparse.Namespace) -> dict:
+    """The ``layer_range`` option when ``--layer-range`` is given."""
+    return {"layer_range": tuple(args.layer_range)} if args.layer_range else {}
+
+
 def _report_fields(report) -> dict:
     """The prune's time, phases (summed over layers) and achieved ratio from its ``PruneReport``."""
-    return dict(prune_s=report.seconds, capture_s=report.capture_seconds, passes=report.passes,
+    return dict(prune_s=report.seconds, pruned_layers=sum(layer.target_ratio > 0 for layer in report.layers), capture_s=report.capture_seconds, passes=report.passes,
                 achieved=report.achieved_ratio, params_dense=report.params_before,
                 **{f"{p}_s": sum(getattr(layer, f"{p}_seconds") for layer in report.layers) for p in PHASES})
 
@@ -351,12 +362,14 @@ def gpu_plan(shape: Shape, device: Device, samples: int, seq_len: int, batch_siz
 def measured_table(rows: list[dict]) -> str:
     from slimgpt.tables import markdown_table
 
-    header = ["model", "params", "ratio", "path", "prune s", "stats / select / output s", "dense fwd s",
+    header = ["model", "params", "ratio", "path", "pruned layers", "prune s", "stats / select / output s", "dense fwd s",
               "prune / fwd", "prune peak RSS GB", "ppl (tokens)", "weights sha256"]
     body = []
     for r in sorted(rows, key=lambda r: (r["params_dense"] if "params_dense" in r else 0, r["ratio"], r["path"])):
         pruned = r["ratio"] > 0
+        layers = r["shape"]["layers"]
         body.append([r["model"], f"{r.get('params', 0) / 1e9:.3f}B", f"{r['ratio']:.0%}", r["path"],
+                     f"{r.get('pruned_layers', layers)} of {layers}" if pruned else "-",
                      f"{r['prune_s']:.0f}" if pruned else "-",
                      " / ".join(f"{r[p + '_s']:.0f}" for p in PHASES) if pruned else "-",
                      f"{r['forward_s']:.0f}" if "forward_s" in r else "-",
@@ -374,7 +387,7 @@ def check_table(model: CostModel, rows: list[dict], shapes: dict, base: float, f
     body = []
     for r in rows:
         shape = shapes[r["model"]]
-        p = model.phases(shape, r["samples"], r["seq_len"], r["ratio"])
+        p = model.phases(shape, r["samples"], r["seq_len"], r["ratio"], r.get("pruned_layers"))
         mem = memory_bytes(shape, r["samples"], r["seq_len"], 4, 4)
         rss = base + mem["model"] + mem["layer"] + mem["buffers"]
         role = "fit" if r["model"] in fitted else "**check**"
@@ -510,6 +523,8 @@ def main() -> None:
     m.add_argument("--ratio-of", choices=["layers", "total"], default="layers",
                    help="layers: a share of the decoder layers' parameters (comparable across sizes: the embeddings "
                         "are 2%% of LLaMA-7B but 43%% of Qwen2.5-0.5B, whose 50%% of total is out of reach)")
+    m.add_argument("--layer-range", type=int, nargs=2, metavar=("START", "END"),
+                   help="prune only these layers (a cost sample of a model too slow to prune whole here)")
     m.add_argument("--path", choices=["in_memory", "streaming"], default="in_memory")
     m.add_argument("--samples", type=int, default=16)
     m.add_argument("--seq-len", type=int, default=256)
