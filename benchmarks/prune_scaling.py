@@ -401,6 +401,13 @@ def check_table(model: CostModel, rows: list[dict], shapes: dict, base: float, f
     return markdown_table(header, body)
 
 
+def cpu_prediction_line(model: CostModel, shapes: dict, samples: int, seq_len: int) -> str:
+    """The predicted whole-model prune time on this CPU (all layers) of each measured model, both ratios."""
+    parts = [f"{name} {ratio:.0%}: {model.phases(shape, samples, seq_len, ratio)['prune'] / 60:.0f} min"
+             for name, shape in sorted(shapes.items(), key=lambda kv: kv[1].params) for ratio in (0.2, 0.5)]
+    return "Predicted whole-model prune on this CPU (one thread, all layers): " + "; ".join(parts) + "."
+
+
 def prediction_table(model: CostModel, cpu_peak: float) -> str:
     """Predicted prune time and memory of the paper's models on the two ASSUMED GPUs, with the paper's 7B."""
     from slimgpt.tables import markdown_table
@@ -465,6 +472,7 @@ def report(args: argparse.Namespace) -> None:
         f"output {model.out * cpu_peak:.2f} × FLOPs, dense forward {model.dense * cpu_peak:.2f} × FLOPs (each as "
         f"seconds at the measured matmul peak of {cpu_peak / 1e9:.0f} GFLOP/s; 1.00 = peak speed); host RSS = "
         f"{base / 2**30:.2f} GB fixed + fp32 model + one layer with its Hessians + one-pass buffers.",
+        cpu_prediction_line(model, shapes, rows[0]["samples"], rows[0]["seq_len"]),
         "### Predicted: the paper's models on one GPU (PREDICTED, not measured)",
         prediction_table(model, cpu_peak), PREDICTION_NOTES])
     for folder in (args.out, args.study):
