@@ -22,8 +22,9 @@ measured model against its measurement, predicts LLaMA-7B / 13B / 70B on two GPU
 The cost model (FLOP counts of a model shape, :func:`cost_features`): the statistics phase costs
 ``a·F_fwd + b·F_hess`` (the layer forwards, ``2·tokens·params`` plus attention scores, and the Hessian
 accumulation ``2·tokens·d²`` for the inputs of ``o_proj`` (d = hidden) and ``down_proj`` (d = FFN)); the
-selection phase ``c_r·F_obs`` (the OBS solves, ``d³`` per pruned linear, one coefficient per ratio since the
-number of greedy steps grows with the ratio); the output phase ``e·F_out`` (the compensated ``down_proj`` on the
+selection phase ``c·F_obs`` (the OBS solves: ``d³`` per inverse, recomputed every 8 greedy steps, whose number
+grows with the channels removed, plus ``d²`` per channel for the downdates; :func:`obs_flops`); the output
+phase ``e·F_out`` (the compensated ``down_proj`` on the
 kept channels). Coefficients are fitted by non-negative least squares (:func:`fit_nonnegative`).
 """
 
@@ -92,12 +93,33 @@ def shape_of(name: str, config) -> Shape:
                  config.num_key_value_heads, config.intermediate_size, config.vocab_size)
 
 
+def obs_flops(shape: Shape, ratio: float, layers: int | None = None, refresh: int = 8) -> float:
+    """Nominal FLOPs of the OBS selection of a ``log_increase`` prune at mean layer ratio ``ratio``.
+
+    Per layer ``i`` (ratio ``r_i`` of the schedule, ``k_i = r_i · ffn`` channels removed in the Dynamic Group
+    Size steps ``g_1..g_s`` of the released code): ``hidden³`` (the heads' inverse) + ``(1 + (s - 1) // refresh)
+    · ffn³`` (the FFN inverse, recomputed every ``refresh`` greedy steps) + ``ffn² · k_i`` (the downdates,
+    ``ffn² · g`` per step).
+    """
+    from slimgpt.pruning.obs import dynamic_group_sizes
+    from slimgpt.pruning.schedules import layer_ratios
+
+    n = shape.layers if layers is None else layers
+    h, f = shape.hidden, shape.ffn
+    total = 0.0
+    for r in layer_ratios("log_increase", ratio, [1.0] * n):
+        removed = round(r * f)
+        steps = len(dynamic_group_sizes(removed)) if removed else 0
+        total += h ** 3 + (1 + max(steps - 1, 0) // refresh) * f ** 3 + f ** 2 * removed
+    return total
+
+
 def cost_features(shape: Shape, samples: int, seq_len: int, ratio: float, layers: int | None = None) -> dict[str, float]:
     """Nominal FLOP counts of the parts of a prune of ``shape`` with ``samples × seq_len`` calibration tokens.
 
     ``fwd``: the decoder layers' forward (``2·N·params`` + causal attention scores ``2·N·L·hidden``);
     ``head``: the LM head of a dense forward (``2·N·hidden·vocab``, not part of a prune); ``hess``: Hessian
-    accumulation ``2·N·(hidden² + ffn²)`` per layer; ``obs``: ``hidden³ + ffn³`` per layer (the OBS solves);
+    accumulation ``2·N·(hidden² + ffn²)`` per layer; ``obs``: the OBS selection (:func:`obs_flops`);
     ``out``: the compensated ``down_proj`` on the kept channels, ``2·N·hidden·ffn·(1 - ratio)`` per layer.
     ``layers``: the pruned layers (default all) for every count but ``head``.
     """
@@ -106,7 +128,7 @@ def cost_features(shape: Shape, samples: int, seq_len: int, ratio: float, layers
     return {"fwd": 2.0 * tokens * n * (shape.layer_params + seq_len * h),
             "head": 2.0 * tokens * h * shape.vocab,
             "hess": 2.0 * tokens * n * (h ** 2 + f ** 2),
-            "obs": float(n * (h ** 3 + f ** 3)),
+            "obs": obs_flops(shape, ratio, layers),
             "out": 2.0 * tokens * n * h * f * (1 - ratio)}
 
 
@@ -134,7 +156,7 @@ class CostModel:
 
     fwd: float  # statistics phase: layer forwards
     hess: float  # statistics phase: Hessian accumulation
-    obs: dict  # selection phase, per ratio (str key, e.g. "0.2")
+    obs: float  # selection phase
     out: float  # output phase
     dense: float  # one dense forward, per FLOP of fwd + head
 
@@ -143,13 +165,9 @@ class CostModel:
         """Predicted seconds of each phase, the prune (of ``layers`` layers, default all) and one dense forward."""
         x = cost_features(shape, samples, seq_len, ratio, layers)
         dense = cost_features(shape, samples, seq_len, ratio)
-        phases = {"stats": self.fwd * x["fwd"] + self.hess * x["hess"], "select": self.obs[_key(ratio)] * x["obs"],
+        phases = {"stats": self.fwd * x["fwd"] + self.hess * x["hess"], "select": self.obs * x["obs"],
                   "output": self.out * x["out"]}
         return {**phases, "prune": sum(phases.values()), "forward": self.dense * (dense["fwd"] + dense["head"])}
-
-
-def _key(ratio: float) -> str:
-    return f"{ratio:g}"
 
 
 def fit_cost_model(rows: list[dict], shapes: dict[str, Shape]) -> CostModel:
@@ -159,13 +177,10 @@ def fit_cost_model(rows: list[dict], shapes: dict[str, Shape]) -> CostModel:
          for r in rows]
     full = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"]) for r in rows]
     stats = fit_nonnegative([[f["fwd"], f["hess"]] for f in x], [r["stats_s"] for r in rows])
-    obs = {}
-    for ratio in sorted({r["ratio"] for r in rows}):
-        pick = [i for i, r in enumerate(rows) if r["ratio"] == ratio]
-        obs[_key(ratio)] = float(fit_nonnegative([[x[i]["obs"]] for i in pick], [rows[i]["select_s"] for i in pick])[0])
+    obs = fit_nonnegative([[f["obs"]] for f in x], [r["select_s"] for r in rows])[0]
     out = fit_nonnegative([[f["out"]] for f in x], [r["output_s"] for r in rows])[0]
     dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in full], [r["forward_s"] for r in rows])[0]
-    return CostModel(float(stats[0]), float(stats[1]), obs, float(out), float(dense))
+    return CostModel(float(stats[0]), float(stats[1]), float(obs), float(out), float(dense))
 
 
 # ----------------------------------------------------------------------------------- GPU extrapolation
@@ -195,7 +210,7 @@ def gpu_seconds(model: CostModel, cpu_peak: float, device: Device, shape: Shape,
         return coef * flops * cpu_peak / peak  # (coef · cpu_peak) = the part's cost per FLOP at peak
 
     phases = {"stats": on_gpu(model.fwd, x["fwd"], device.fp16) + on_gpu(model.hess, x["hess"], device.fp32),
-              "select": on_gpu(model.obs[_key(ratio)], x["obs"], device.fp32),
+              "select": on_gpu(model.obs, x["obs"], device.fp32),
               "output": on_gpu(model.out, x["out"], device.fp16)}
     return {**phases, "prune": sum(phases.values())}
 
@@ -468,7 +483,7 @@ def report(args: argparse.Namespace) -> None:
         "### The fit and its check (time and host memory, in-memory path)",
         check_table(model, pruned, shapes, base, args.fit),
         f"Fitted: statistics {model.fwd * cpu_peak:.2f} × forward FLOPs + {model.hess * cpu_peak:.2f} × Hessian "
-        f"FLOPs, selection {', '.join(f'{k}: {v * cpu_peak:.1f}' for k, v in model.obs.items())} × d³ FLOPs, "
+        f"FLOPs, selection {model.obs * cpu_peak:.1f} × its FLOPs, "
         f"output {model.out * cpu_peak:.2f} × FLOPs, dense forward {model.dense * cpu_peak:.2f} × FLOPs (each as "
         f"seconds at the measured matmul peak of {cpu_peak / 1e9:.0f} GFLOP/s; 1.00 = peak speed); host RSS = "
         f"{base / 2**30:.2f} GB fixed + fp32 model + one layer with its Hessians + one-pass buffers.",

@@ -24,11 +24,18 @@ def test_cost_features_scale_as_the_model_says():
     for key in ("fwd", "head", "hess", "out"):
         assert twice[key] == pytest.approx(2 * base[key])  # linear in tokens
     assert twice["obs"] == base["obs"]  # the solves do not see the tokens
-    assert base["obs"] == MID.layers * (128 ** 3 + 352 ** 3)
     assert base["hess"] == 2 * 128 * MID.layers * (128 ** 2 + 352 ** 2)
     assert scaling.cost_features(MID, 4, 32, 0.0)["out"] == pytest.approx(2 * base["out"])
     # q, o: 128²; k, v: 128 × (2 kv heads × 16); gate, up, down: 128 × 352
     assert MID.layer_params == 2 * 128 ** 2 + 2 * 128 * 32 + 3 * 128 * 352
+
+
+def test_obs_flops_count_inverse_refreshes_and_downdates():
+    one = scaling.Shape("one", 1, 8, 2, 1, 2000, 10)
+    # one layer at ratio 0.5: 1000 channels in the Dynamic Group Size steps 244, 64 × 11, 52 = 13 steps
+    assert scaling.obs_flops(one, 0.5) == 8 ** 3 + (1 + 12 // 8) * 2000 ** 3 + 2000 ** 2 * 1000
+    assert scaling.obs_flops(one, 0.5, refresh=1) == 8 ** 3 + 13 * 2000 ** 3 + 2000 ** 2 * 1000
+    assert scaling.obs_flops(MID, 0.5) > scaling.obs_flops(MID, 0.2) > 0
 
 
 def test_fit_nonnegative_recovers_coefficients_and_clamps_at_zero():
@@ -54,18 +61,18 @@ def _rows(truth, shapes):
 
 
 def test_fit_cost_model_recovers_a_known_model_and_predicts_a_larger_one():
-    truth = scaling.CostModel(fwd=2e-11, hess=5e-11, obs={"0.2": 1e-9, "0.5": 3e-9}, out=4e-11, dense=2.5e-11)
+    truth = scaling.CostModel(fwd=2e-11, hess=5e-11, obs=1e-9, out=4e-11, dense=2.5e-11)
     shapes = {s.name: s for s in (SMALL, MID)}
     fitted = scaling.fit_cost_model(_rows(truth, shapes.values()), shapes)
     for ratio in (0.2, 0.5):
         want, got = truth.phases(BIG, 16, 64, ratio), fitted.phases(BIG, 16, 64, ratio)
         assert got["prune"] == pytest.approx(want["prune"], rel=1e-6)
         assert got["forward"] == pytest.approx(want["forward"], rel=1e-6)
-    assert fitted.obs["0.5"] == pytest.approx(3e-9)
+    assert fitted.obs == pytest.approx(1e-9)
 
 
 def test_gpu_seconds_scale_with_the_assumed_peaks():
-    model = scaling.CostModel(fwd=2e-11, hess=5e-11, obs={"0.2": 1e-9}, out=4e-11, dense=2.5e-11)
+    model = scaling.CostModel(fwd=2e-11, hess=5e-11, obs=1e-9, out=4e-11, dense=2.5e-11)
     slow = scaling.Device("slow", 24, fp16=1e14, fp32=1e13)
     fast = scaling.Device("fast", 24, fp16=2e14, fp32=2e13)
     a = scaling.gpu_seconds(model, 5e10, slow, BIG, 16, 64, 0.2)
