@@ -1,5 +1,5 @@
 """slimgpt+ on tiny models: all options off is slimgpt bit for bit; each component does what it claims (the joint
-split's estimated error never exceeds the fixed split's, sensitivity ratios meet the budget, the bias refit lowers
+split's estimated error never exceeds the fixed split's, sensitivity ratios meet the budget, the refits lower
 the error against the dense model); the budget kernels on hand-made curves."""
 
 import pytest
@@ -117,7 +117,8 @@ def test_sensitivity_ratios_meet_the_budget_exactly():
     assert abs(report.params_after - 0.7 * total) < 3 * 3 * 64  # within a channel or so per layer
 
 
-def test_bias_refit_lowers_the_error_against_the_dense_model(monkeypatch):
+@pytest.mark.parametrize("refit", ["bias", "down_proj"])
+def test_refit_lowers_the_error_against_the_dense_model(monkeypatch, refit):
     cls = type(make_method("slimgpt_plus"))
     finish, errors = cls.finish_layer, []
 
@@ -127,7 +128,7 @@ def test_bias_refit_lowers_the_error_against_the_dense_model(monkeypatch):
         errors.append((before, engine.relative_error(inps, self._dense)))
 
     monkeypatch.setattr(cls, "finish_layer", measured)
-    model, report = _pruned("slimgpt_plus", track_error=True, refit="bias", head_granularity="query_head")
+    model, report = _pruned("slimgpt_plus", track_error=True, refit=refit, head_granularity="query_head")
     assert len(errors) == 3 and all(after < before for before, after in errors)
     assert [after for _, after in errors] == pytest.approx([l.output_error for l in report.layers])
     assert all(l.mlp.down_proj.bias.abs().sum() > 0 for l in model.model.layers) and model.config.down_proj_bias

@@ -17,7 +17,10 @@ Every option off (``head_score="cholesky"``, ``joint_split=False``, ``layer_rati
 - ``refit="bias"``: after each layer, ``down_proj``'s bias is refitted in closed form (least squares) so that the
   mean calibration output of the pruned layer equals the dense model's at that depth:
   ``b += mean_t (y_dense,t − y_t)``. It corrects the drift accumulated by all earlier layers, not only this one.
-  The engine gives every ``o_proj``/``down_proj`` a zero bias first (``adds_bias``), as for FLAP.
+  ``refit="down_proj"``: the kept ``down_proj`` weight and its bias are refitted jointly by damped least squares
+  to the same target by least squares damped towards the OBS-compensated weight,
+  ``[W b] += (y_dense − y) Z̃ᵀ (Z̃ Z̃ᵀ + λ·mean(diag)·I)⁻¹`` with ``Z̃ = [z; 1]`` its calibration inputs. The engine gives every
+  ``o_proj``/``down_proj`` a zero bias first (``adds_bias``), as for FLAP.
 """
 
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ from .base import register
 from .slimgpt import SlimGPT
 
 LAYER_RATIOS = ("schedule", "sensitivity")
-REFITS = ("none", "bias")
+REFITS = ("none", "bias", "down_proj")
 
 
 @register
@@ -68,10 +71,11 @@ class SlimGPTPlus(SlimGPT):
         self._calibration: torch.Tensor | None = None
         self._ratios: list[float] | None = None
         self._dense: torch.Tensor | None = None
+        self._inputs: tuple[torch.Tensor, list] | None = None  # the current layer's inputs and batches (refit)
 
     @property
     def adds_bias(self) -> bool:
-        return self.refit == "bias"
+        return self.refit != "none"
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
         self._calibration, self._ratios, self._dense = calibration, None, None
@@ -96,6 +100,7 @@ class SlimGPTPlus(SlimGPT):
             if self._dense is None:
                 self._dense = inps.clone()  # layer 0's inputs: the embeddings, the same for both models
             forward_layer(layer, self._dense, batches)  # the dense layer, before it is pruned
+            self._inputs = (inps.clone(), batches) if self.refit == "down_proj" else None
         if not self.joint_split or ratio <= 0:
             return ratio, None
         curve = layer_curve(layer, index, inps, batches, engine.head_granularity, self, engine.width_multiple)
@@ -109,6 +114,35 @@ class SlimGPTPlus(SlimGPT):
             down = layer.mlp.down_proj
             down.bias.add_(shift.to(down.bias.dtype))
             inps.add_(shift.to(inps.dtype))
+        elif self.refit == "down_proj":
+            x, batches = self._inputs
+            refit_down_proj(layer, x, batches, inps, self._dense, self.damp)
+            self._inputs = None
+
+
+@torch.no_grad()
+def refit_down_proj(layer, x: torch.Tensor, batches: list, y: torch.Tensor, y_dense: torch.Tensor,
+                    damp: float) -> None:
+    """Least-squares refit of ``down_proj`` (weight and bias) of the pruned ``layer`` so that its outputs on
+    inputs ``x: [n, L, hidden]`` approach ``y_dense``; ``y: [n, L, hidden]`` (its outputs) is updated in place.
+
+    With ``z`` the inputs of ``down_proj`` and ``Z̃ = [z; 1]`` over all calibration tokens:
+    ``[W b] += (y_dense − y) Z̃ᵀ (Z̃ Z̃ᵀ + λ·mean(diag)·I)⁻¹`` (ridge regression of the output error on ``Z̃``, so
+    the damping pulls towards the current weight, not towards zero; fp32)."""
+    from ..engine import _input_of  # the engine imports the methods
+
+    down = layer.mlp.down_proj
+    zs = [_input_of(down, lambda: layer(x[rows], **kwargs)).float() for rows, kwargs in batches]
+    z = torch.cat([t.reshape(-1, t.shape[-1]) for t in zs])  # [tokens, c]
+    z1 = torch.cat([z, torch.ones(z.shape[0], 1, device=z.device)], dim=1)  # [tokens, c + 1]
+    W_old = torch.cat([down.weight.float(), down.bias.float()[:, None]], dim=1)  # [hidden, c + 1]
+    residual = (y_dense.float() - y.float()).reshape(-1, y.shape[-1])  # T − Z̃ᵀ[W b]_old: [tokens, hidden]
+    gram = z1.T @ z1  # [c + 1, c + 1]
+    gram.diagonal().add_(damp * gram.diagonal().mean())
+    W_new = W_old + torch.linalg.solve(gram, z1.T @ residual).T  # [hidden, c + 1]; damped towards the old weight
+    down.weight.copy_(W_new[:, :-1].to(down.weight.dtype))
+    down.bias.copy_(W_new[:, -1].to(down.bias.dtype))
+    y.add_((z1 @ (W_new - W_old).T).reshape(y.shape).to(y.dtype))
 
 
 def units_freed(attn, granularity: str, removed_units: list[int]) -> int:
