@@ -108,6 +108,20 @@ def test_engine_pruned_model_gives_pytorch_logits(runtime, tmp_path):
     assert _max_error(runtime, model, tmp_path) <= 1e-3
 
 
+def test_balanced_query_head_pruned_model_gives_pytorch_logits(runtime, tmp_path, family):
+    """The engine's balanced query-head granularity (single heads and whole groups go, every kept kv head keeps
+    as many query heads) is written as is: no regrouping, no extra kv heads."""
+    model = _model(family, heads=9, kv_heads=3, hidden=72, num_layers=3)
+    calibration = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    slimgpt.prune(model, calibration, 0.35, head_granularity="balanced_query_head", progress=False)
+    heads, kv_heads = model.config.layer_num_heads, model.config.layer_num_key_value_heads
+    assert heads[0] > heads[-1] and any(h % 3 for h in heads) and min(kv_heads) < 3
+    layouts = plan_layouts(model)
+    assert [len(layout.kv_heads) for layout in layouts] == kv_heads
+    assert all(None not in layout.q_heads for layout in layouts)
+    assert _max_error(runtime, model, tmp_path) <= 1e-3
+
+
 def test_uneven_query_groups_are_refused_naming_the_layer(tmp_path):
     model = _model("llama")
     _drop_heads(model, 2, [0])  # kv head 0 keeps one query head, kv head 1 two

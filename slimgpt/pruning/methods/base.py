@@ -48,7 +48,13 @@ class Method:
         return False
 
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
+        """The units of ``block`` to remove (``num_remove`` of them; for a balanced query-head block,
+        ``block.groups`` set, query heads freeing ``num_remove`` head slots in a balanced layout:
+        :mod:`slimgpt.pruning.balanced`)."""
         raise NotImplementedError
+
+    def check_granularity(self, granularity: str) -> None:
+        """Refuses a ``head_granularity`` this method cannot prune with (one clear error; default: accepts all)."""
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
         """Hook for whole-model statistics before the layer loop (e.g. gradients for LLM-Pruner)."""
