@@ -8,7 +8,8 @@ Every option off (``head_score="cholesky"``, ``joint_split=False``, ``layer_rati
   grouped-Cholesky diagonal.
 - ``joint_split``: the layer's budget is split between attention units and FFN channels by least estimated OBS
   error (:meth:`slimgpt.pruning.budget.LayerCurve.split`, curves measured on the layer's current inputs with the
-  dense attention), instead of ``round(ratio · units)`` heads and the rest in channels.
+  dense attention), instead of ``round(ratio · units)`` heads and the rest in channels (with
+  ``head_granularity=balanced_query_head`` the engine's balanced slot rule stays: the curve ignores the balance).
 - ``layer_ratios="sensitivity"``: before the layer loop, one pass of the dense model measures every layer's error
   curve and the model budget is spread over the layers by least total error
   (:func:`slimgpt.pruning.budget.allocate`), replacing the schedule's log formula; the total stays exact.
@@ -101,8 +102,8 @@ class SlimGPTPlus(SlimGPT):
                 self._dense = inps.clone()  # layer 0's inputs: the embeddings, the same for both models
             forward_layer(layer, self._dense, batches)  # the dense layer, before it is pruned
             self._inputs = (inps.clone(), batches) if self.refit == "down_proj" else None
-        if not self.joint_split or ratio <= 0:
-            return ratio, None
+        if not self.joint_split or ratio <= 0 or engine.head_granularity == "balanced_query_head":
+            return ratio, None  # balanced layouts keep the engine's slot rule (the curve ignores the balance)
         curve = layer_curve(layer, index, inps, batches, engine.head_granularity, self, engine.width_multiple)
         units, error = curve.split(ratio * layer_prunable_params(layer))
         return ratio, (units if error != float("inf") else None)
@@ -209,7 +210,8 @@ def sensitivity_ratios(model, calibration: torch.Tensor, params_after: float, gr
     inps, batches = capture_inputs(model, calibration, 8, device)
     curves = []
     for i, layer in enumerate(layers):
-        curves.append(layer_curve(layer, i, inps, batches, granularity, method) if start <= i < end else None)
+        unit = "query_head" if granularity == "balanced_query_head" else granularity  # the curve: an estimate
+        curves.append(layer_curve(layer, i, inps, batches, unit, method) if start <= i < end else None)
         if i + 1 < end:
             forward_layer(layer, inps, batches)
     taken = allocate(curves, count_params(model) - params_after)
