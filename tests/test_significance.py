@@ -97,3 +97,14 @@ def test_compare_flags_the_significant_task_only():
     assert row["significant"] == ["t1", "avg"] and row["holm_significant"] == ["t1", "avg"]
     with pytest.raises(ValueError, match=r"no per-question results for \[\('C', 't1'\)"):
         sig.compare(results, ["t1"], [("A", "C")])
+
+
+def test_versus_chance_matches_scipy():
+    correct = [1] * 140 + [0] * 360  # 28% on a four-choice task
+    result = sig.versus_chance(correct, 0.25)
+    assert result["p_value"] == pytest.approx(stats.binomtest(140, 500, 0.25, alternative="greater").pvalue)
+    ci = stats.binomtest(140, 500).proportion_ci(method="wilson")
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert result["accuracy"] == 0.28 and sig.versus_chance([1] * 50, 0.5)["p_value"] == pytest.approx(0.5 ** 50)
+    with pytest.raises(ValueError, match="chance must be in"):
+        sig.versus_chance(correct, 1.0)

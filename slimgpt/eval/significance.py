@@ -76,6 +76,26 @@ def binomial_two_sided(k: int, n: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+def versus_chance(correct: Sequence[int], chance: float) -> dict:
+    """Whether one model's 0/1 results beat a chance rate: accuracy, its Wilson 95% interval, and the exact
+    one-sided binomial p-value of ``P[X ≥ k]`` for ``X ~ Binomial(n, chance)``.
+
+    Returns:
+        ``{"n", "accuracy", "ci_low", "ci_high", "chance", "p_value"}``.
+    """
+    if not 0 < chance < 1:
+        raise ValueError(f"chance must be in (0, 1), got {chance}")
+    n, k = len(correct), int(sum(correct))
+    if n == 0:
+        raise ValueError("versus_chance needs at least one result")
+    z, acc = 1.959963984540054, k / n
+    center, half = (acc + z * z / (2 * n)), z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n))
+    upper_tail = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                              + i * math.log(chance) + (n - i) * math.log(1 - chance)) for i in range(k, n + 1))
+    return {"n": n, "accuracy": acc, "ci_low": (center - half) / (1 + z * z / n),
+            "ci_high": (center + half) / (1 + z * z / n), "chance": chance, "p_value": min(1.0, upper_tail)}
+
+
 def paired_bootstrap(a_tasks: Sequence[Sequence[int]], b_tasks: Sequence[Sequence[int]], n_boot: int = 10_000,
                      seed: int = 0) -> dict:
     """Paired bootstrap of the difference of the task-averaged accuracy, A − B.
