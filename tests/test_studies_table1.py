@@ -42,6 +42,7 @@ def test_key_rows_get_stderr_and_paired_tests(runs):
     assert pairs == ["20% slimgpt vs dense", "20% wanda_sp vs dense", "30% slimgpt vs dense",
                      "20% slimgpt vs 20% wanda_sp"]
     assert "McNemar" in note and "over all 12 tests" in note
+    assert "| piqa | 6 | acc |" in text and "| arc_easy | 2 | acc |" in text  # the dense model against chance
     assert len(list((out / "samples").glob("*-6.json"))) == 4  # dense + three pruned models, 6 questions
     shutil.rmtree(runs / "cache" / "eval")  # the copies in out/samples alone give the same tables
     assert studies.make_study("table1", [runs / "runs"], out) == text

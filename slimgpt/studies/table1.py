@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from slimgpt import plots
-from slimgpt.eval.significance import compare
+from slimgpt.eval.significance import compare, versus_chance
 from slimgpt.eval.zeroshot import TASKS as ZEROSHOT_TASKS
 from slimgpt.runner.record import RunRecord
 from slimgpt.runner.summary import millions
@@ -47,6 +47,10 @@ def method_label(record: RunRecord, common_schedule: str | None) -> str:
         extras.append(f"layers {layer_range[0]}-{layer_range[1] - 1}")
     return record.spec("pruner.method") + (f" ({', '.join(extras)})" if extras else "")
 
+
+#: Accuracy of guessing among the answer choices (ARC has a few 3- and 5-choice questions; most have 4).
+CHANCE = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "arc_easy": 0.25,
+          "arc_challenge": 0.25, "openbookqa": 0.25}
 
 #: Methods that allocate the per-layer widths themselves (the schedule group is not used).
 OWN_ALLOCATION = {"flap": "global search (AL-AM)"}
@@ -116,9 +120,29 @@ def split_key_rows(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunR
 def make(records: list[RunRecord], out: Path) -> str:
     """Draws ``table1_ppl.png`` and, with zero-shot results, ``table1_zeroshot*.png``; returns the table with its
     caption, then the key-row tables (if any)."""
+    everything = records
     records, key_rows = split_key_rows(records)
     text = main_table(records, out)
-    return text + ("\n\n" + key_row_tables(key_rows, out) if key_rows else "")
+    chance = chance_table(everything, out)
+    return text + ("\n\n" + key_row_tables(key_rows, out) if key_rows else "") + (f"\n\n{chance}" if chance else "")
+
+
+def chance_table(records: list[RunRecord], out: Path) -> str:
+    """The dense model against chance per task and number of questions, from its per-question results:
+    accuracy with its Wilson 95% interval and the one-sided binomial p-value of beating chance."""
+    samples = zeroshot_samples(records, out)
+    dense = {(r.evaluation("dense").key, zeroshot_limit(r)) for r in records if r.evaluation("dense") is not None}
+    rows = []
+    for entry in sorted((e for e in samples if e in dense), key=lambda e: (e[1] is None, e[1] or 0)):
+        for task in (t for t in ZEROSHOT_TASKS if t in samples[entry]):
+            test = versus_chance(samples[entry][task]["correct"], CHANCE[task])
+            rows.append([task, test["n"], samples[entry][task]["metric"], f"{test['accuracy']:.3f}",
+                         f"[{test['ci_low']:.3f}, {test['ci_high']:.3f}]", test["chance"], f"{test['p_value']:.2g}",
+                         "above chance" if test["p_value"] < 0.05 else "not above chance"])
+    if not rows:
+        return ""
+    header = ["task", "questions", "metric", "dense", "95% CI (Wilson)", "chance", "p (one-sided)", "at p < 0.05"]
+    return markdown_table(header, rows) + "\n\nThe dense model against chance (1 / answer choices), per task."
 
 
 def main_table(records: list[RunRecord], out: Path) -> str:
