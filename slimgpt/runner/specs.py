@@ -45,13 +45,24 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model to start from: a name ``slimgpt.load_model`` knows (an asset such as ``smollm2-135m``, a
-    hub id, a local path, or a tiny random model ``tiny:llama?num_layers=2``), its dtype and device."""
+    hub id, a local path, or a tiny random model ``tiny:llama?num_layers=2``), its dtype and device.
+
+    ``streaming``: prune out of core (``slimgpt.prune_checkpoint``: one decoder layer in memory at a time,
+    bit-identical weights): ``true``, ``false``, or ``"auto"`` = streaming when the dense weights in ``dtype``
+    take more than half of the host's available memory and the model and method can stream (a checkpoint
+    folder or an asset, a method without whole-model statistics); it changes no number, so no cache key.
+    """
 
     name: str
     dtype: str = "float32"
     device: str = "cpu"
+    streaming: bool | str = "auto"
 
     def __post_init__(self):
+        _require(self.streaming in (True, False, "auto"),
+                 f"model.streaming={self.streaming!r}; use true, false or auto")
+        _require(not (self.streaming is True and self.name.startswith("tiny:")),
+                 f"model.streaming=true, but {self.name} is built in memory and has no checkpoint to stream")
         _require(bool(self.name), "model.name must be a model name, hub id or path, got an empty value")
         _require(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {list(DTYPES)}")
         _require(
