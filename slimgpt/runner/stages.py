@@ -1,4 +1,4 @@
-"""The three stages of a job — prune, finetune, eval — as functions with artifacts in and out.
+"""The stages of a job — prune, finetune, eval, export — as functions with artifacts in and out.
 
 A ``ModelArtifact`` names a model: the dense starting point (built from its ``ModelSpec``) or a saved
 checkpoint directory in the artifact cache. Each stage computes the signature of what determines its
@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
-from .cache import EVAL_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
+from .cache import EVAL_CODE, EXPORT_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
 from .loggers import Logger
-from .specs import CalibSpec, EvalSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
+from .record import ExportEntry
+from .specs import (CalibSpec, EvalSpec, ExportSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec,
+                    spec_dict)
 
 log = logging.getLogger(__name__)
 
@@ -354,4 +356,47 @@ def zeroshot_metrics(scores: dict) -> dict[str, float]:
     return flat
 
 
-__all__ = ["SAMPLES_FILE", "ModelArtifact", "dense_artifact", "eval_stage", "finetune_stage", "load_artifact", "prune_stage"]
+# ----------------------------------------------------------------------------------------------- export
+
+#: the file an export entry of the run cache holds
+GGUF_FILE = "model.gguf"
+
+
+def export_stage(source: ModelArtifact, model: ModelSpec, export: ExportSpec, *, cache: ArtifactCache,
+                 logger: Logger) -> ExportEntry:
+    """Writes ``source`` (the job's final model) as a GGUF file for llama.cpp; returns where, with its sha256
+    and size. Cached by (source, export settings) like the other stages: a second job with the same model and
+    type reuses the file (checked against its recorded sha256). The file appears only complete (the cache's
+    atomic folder)."""
+    key = signature({"source": source.key, "export": spec_dict(export)}, code=EXPORT_CODE)
+    cached = cache.find_dir("gguf", key) is not None
+    if cached:
+        log.info("export: reusing the cached GGUF file %s", cache.path("gguf", key) / GGUF_FILE)
+    else:
+        _export_and_store(source, model, export, cache, key)
+    folder = cache.path("gguf", key)
+    record = cache.marker(folder)[0]["files"][GGUF_FILE]
+    entry = ExportEntry(cached=cached, key=key, path=str(folder / GGUF_FILE), dtype=export.dtype,
+                        sha256=record["sha256"], bytes=record["size"], summary=cache.dir_meta("gguf", key)["summary"])
+    logger.summary({"export/bytes": entry.bytes})
+    return entry
+
+
+def _export_and_store(source: ModelArtifact, model: ModelSpec, export: ExportSpec, cache: ArtifactCache,
+                      key: str) -> None:
+    from slimgpt.export import to_gguf
+
+    net, tokenizer = load_artifact(source, model)
+    meta: dict = {}
+
+    def write(folder: Path) -> None:
+        summary = to_gguf(net, tokenizer, folder / GGUF_FILE, export.dtype, regroup=export.regroup,
+                          pad_ffn=export.pad_ffn, threads=export.threads, name=source.label)
+        meta["summary"] = summary.describe().replace(str(folder / GGUF_FILE), GGUF_FILE)
+        log.info("export: %s", meta["summary"])
+
+    cache.store_dir("gguf", key, write, meta=meta)
+
+
+__all__ = ["SAMPLES_FILE", "ModelArtifact", "dense_artifact", "eval_stage", "export_stage", "finetune_stage",
+           "load_artifact", "prune_stage"]
