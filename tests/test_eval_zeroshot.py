@@ -51,6 +51,11 @@ def test_all_seven_local_tasks_run_and_return_mapped_metrics(data_files):
         assert res["stderr"] >= 0 and (res["n"], res["n_total"]) == (4, 5)
         assert res["split"] == ("test" if task in ("arc_easy", "arc_challenge", "openbookqa") else "validation")
     assert out["average"] == pytest.approx(sum(r["value"] for r in out["tasks"].values()) / 7)
+    assert out["average_stderr"] == pytest.approx(math.sqrt(sum(r["stderr"] ** 2 for r in out["tasks"].values())) / 7)
+    for task, res in out["tasks"].items():  # per question: the first 4 documents, scored as the task's metric
+        per = out["samples"][task]
+        assert per["doc_id"] == [0, 1, 2, 3] and set(per["correct"]) <= {0, 1} and per["metric"] == res["metric"]
+        assert sum(per["correct"]) / 4 == pytest.approx(res["value"]) and len(set(per["doc_hash"])) >= 1
     assert (out["limit"], out["source"], out["lm_eval_version"]) == (4, "local", "0.4.13")
 
 
@@ -62,6 +67,29 @@ def test_answers_are_scored_against_the_gold_label(data_files, tmp_path):
     model, tok = tiny_model("qwen2"), tiny_tokenizer()
     run = lambda path: zs.zeroshot(model, tok, "piqa", data_files={"piqa": path})["tasks"]["piqa"]["value"]
     assert run(flipped) == pytest.approx(1 - run(data_files["piqa"]))
+
+
+def test_per_question_results_follow_the_gold_label(data_files, tmp_path):
+    """Per question, flipping a two-choice gold label flips that question's 0/1 result, and only it."""
+    docs = [json.loads(line) for line in data_files["piqa"].read_text().splitlines()]
+    flipped = tmp_path / "piqa.jsonl"
+    flipped.write_text("".join(json.dumps(d | {"label": 1 - d["label"]} if i == 2 else d) + "\n"
+                               for i, d in enumerate(docs)))
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    per = lambda path: zs.zeroshot(model, tok, "piqa", data_files={"piqa": path})["samples"]["piqa"]
+    before, after = per(data_files["piqa"]), per(flipped)
+    assert [b ^ a for b, a in zip(before["correct"], after["correct"])] == [0, 0, 1, 0, 0]
+    assert before["doc_hash"][:2] == after["doc_hash"][:2] and before["doc_hash"][2] != after["doc_hash"][2]
+
+
+def test_per_question_sorts_by_document_and_refuses_a_missing_metric():
+    logged = [{"doc_id": 1, "acc": 0.0, "acc_norm": 1.0, "doc_hash": "b"},
+              {"doc_id": 0, "acc": 1.0, "acc_norm": 1.0, "doc_hash": "a"}]
+    assert zs.per_question(logged, "acc") == {"metric": "acc", "doc_id": [0, 1], "correct": [1, 0],
+                                              "doc_hash": ["a", "b"]}
+    with pytest.raises(ValueError, match="lack metric 'acc_norm'"):
+        zs.per_question([{"doc_id": 0, "acc": 1.0}], "acc_norm")
+    assert zs.average_stderr([0.03, 0.04]) == pytest.approx(0.025)
 
 
 def test_local_yaml_includes_the_stock_task(tmp_path):

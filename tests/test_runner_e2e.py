@@ -67,6 +67,14 @@ def test_all_three_stages_smoke_with_no_logger(tmp_path, cache):
     dense, final = check_record(record, job.run_dir, ("prune", "finetune", "eval"))
     assert record.evaluations[1].model == "slimgpt+lora"
     assert 0 <= final["zeroshot/avg"] <= 1 and "zeroshot/arc_easy" in final
+    stderrs = [v for k, v in final.items() if k.startswith("zeroshot_stderr/") and k != "zeroshot_stderr/avg"]
+    assert stderrs and 0 <= final["zeroshot_stderr/avg"] <= max(stderrs)
+    for evaluation in record.evaluations:  # per-question results beside each evaluation's metrics in the cache
+        samples = [read_json(p) for p in cache.rglob("samples.json")]
+        mine = [s for s in samples if s["source"] == evaluation.key]
+        assert len(mine) == 1 and mine[0]["label"] == evaluation.model
+        for task, per in mine[0]["tasks"].items():
+            assert sum(per["correct"]) / len(per["correct"]) == pytest.approx(evaluation.metrics[f"zeroshot/{task}"])
     losses = [e[1]["lora0/train/loss"] for e in logger.events if e[0] == "log" and "lora0/train/loss" in e[1]]
     assert losses and all(math.isfinite(x) for x in losses)  # the loss curve reached the logger
     assert record.finetune[0]["steps"] >= 1

@@ -14,6 +14,7 @@ mean over tasks.
 """
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -82,9 +83,11 @@ def zeroshot(
 
     Returns:
         ``{"tasks": {task: {"metric", "value", "stderr", "n", "n_total", "split", "data_file",
-        "task_version"}}, "average", "metric_map", "limit", "num_fewshot": 0, "source",
-        "lm_eval_version", "seconds"}``. ``n`` is the number of documents scored (``limit`` applied),
-        ``n_total`` the size of the evaluated split; ``split``/``data_file`` are None for the hub source.
+        "task_version"}}, "average", "average_stderr", "samples", "metric_map", "limit", "num_fewshot": 0,
+        "source", "lm_eval_version", "seconds"}``. ``n`` is the number of documents scored (``limit``
+        applied), ``n_total`` the size of the evaluated split; ``split``/``data_file`` are None for the hub
+        source. ``samples``: per task ``{"metric", "doc_id": [n], "correct": [n] (0/1), "doc_hash": [n]}``
+        in document order (see :func:`per_question`).
 
     Note: lm-eval's ``simple_evaluate`` re-seeds Python's, NumPy's and torch's global RNGs (fixed seeds).
     """
@@ -100,12 +103,44 @@ def zeroshot(
     return {
         "tasks": per_task,
         "average": sum(r["value"] for r in per_task.values()) / len(per_task),
+        "average_stderr": average_stderr([r["stderr"] for r in per_task.values()]),
+        "samples": {task: per_question(raw["samples"][task], metric_map[task]) for task in task_list},
         "metric_map": metric_map,
         "limit": limit,
         "num_fewshot": 0,
         "source": source,
         "lm_eval_version": raw["lm_eval_version"],
         "seconds": time.perf_counter() - start,
+    }
+
+
+def average_stderr(stderrs: list[float]) -> float:
+    """Standard error of the unweighted mean of ``len(stderrs)`` independent task accuracies:
+    ``sqrt(sum se_t^2) / T``."""
+    if not stderrs:
+        raise ValueError("average_stderr needs at least one task's standard error")
+    return math.sqrt(sum(se * se for se in stderrs)) / len(stderrs)
+
+
+def per_question(logged: list[dict], metric: str) -> dict:
+    """One task's per-question results from lm-eval's logged samples (``log_samples=True``).
+
+    Args:
+        logged: lm-eval's sample dicts of one task, each with ``doc_id``, ``doc_hash`` and the metric values.
+        metric: the task's metric (``acc`` or ``acc_norm``); a question counts as correct when it is 1.
+
+    Returns:
+        ``{"metric", "doc_id": [n], "correct": [n] (ints 0/1), "doc_hash": [n]}`` sorted by ``doc_id``.
+    """
+    rows = sorted(logged, key=lambda sample: sample["doc_id"])
+    missing = [row["doc_id"] for row in rows if metric not in row]
+    if missing:
+        raise ValueError(f"logged samples lack metric {metric!r} (documents {missing[:5]})")
+    return {
+        "metric": metric,
+        "doc_id": [int(row["doc_id"]) for row in rows],
+        "correct": [int(round(float(row[metric]))) for row in rows],
+        "doc_hash": [str(row.get("doc_hash", "")) for row in rows],
     }
 
 
@@ -208,7 +243,7 @@ def _evaluate(model, tokenizer, tasks: list[str], limit: int | None, batch_size:
     try:
         # backend given: lm-eval cannot infer "causal" from the custom model_type "slimgpt"
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
-        return simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=False)
+        return simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=True)
     finally:
         model.train(was_training)
 

@@ -633,11 +633,11 @@ def prune_block(
 
 
 def ffn_channels(layer: nn.Module, ratio: float, params: int, engine: EngineOptions,
-                 counts: tuple[int, int] | None) -> int:
+                 counts: tuple[int, int | None] | None) -> int:
     """FFN channels to remove: the method's planned count if any, else so that the layer (``params`` prunable
     parameters before its heads were pruned) loses ``ratio`` of them: whatever the heads did not take
     (:func:`ffn_channels_to_remove`)."""
-    if counts is not None:
+    if counts is not None and counts[1] is not None:
         return counts[1]
     mlp = layer.mlp
     budget = ratio * params - (params - layer_prunable_params(layer))
@@ -829,6 +829,8 @@ def prune_layer(
     layer.to(device)
     if dense_inps is not None:
         forward_layer(layer, dense_inps, batches)
+    ratio, units = pruner.layer_target(layer, index, ratio, inps, batches, engine)
+    counts = counts if units is None else (units, None)
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     if buffer_device is not None and pruner.needs_inputs and ratio > 0:
@@ -837,6 +839,7 @@ def prune_layer(
     else:
         attn_info, mlp_info = prune_layer_recompute(layer, index, ratio, inps, batches, pruner, engine, clock,
                                                     counts)
+    pruner.finish_layer(layer, index, inps)
     if not torch.isfinite(inps).all():
         raise FloatingPointError(f"non-finite (NaN/inf) outputs of pruned layer {index}")
     layer.to(home)

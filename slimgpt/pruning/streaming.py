@@ -163,6 +163,10 @@ def skeleton(folder: Path, reader: ShardReader, dtype: torch.dtype) -> SlimGPTFo
     model.load_state_dict(base, strict=False, assign=True)
     model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
     model.tie_weights()
+    missing = [name for name, p in model.model.named_parameters() if p.is_meta and not name.startswith("layers.")]
+    if missing:
+        raise KeyError(f"{folder} lacks the tensors model.{', model.'.join(missing)} (not a LLaMA-family checkpoint "
+                       "with the usual tensor names?)")
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.eval()

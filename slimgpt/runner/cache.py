@@ -47,6 +47,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PRUNE_CODE = ("pruning", "modeling", "data.py")
 FINETUNE_CODE = ("finetune", "modeling")
 EVAL_CODE = ("eval", "modeling", "data.py")
+EXPORT_CODE = ("export", "modeling")
 
 
 def default_root() -> Path:

@@ -15,7 +15,9 @@ from ..pruning.methods import Method, make_method
 from ..pruning.options import EngineOptions, check_ratio
 from ..pruning.schedules import Schedule as ScheduleSpec  # the schedule is its own typed spec (conf/schedule)
 
-STAGES = ("prune", "finetune", "eval")
+STAGES = ("prune", "finetune", "eval", "export")
+#: what a job runs unless ``stages`` says otherwise (the export is opt-in: ``stages=[prune,finetune,eval,export]``)
+DEFAULT_STAGES = ("prune", "finetune", "eval")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -200,6 +202,29 @@ class EvalSpec:
 
     def __post_init__(self):
         _require(self.perplexity is not None or self.zeroshot is not None, "eval needs perplexity and/or zeroshot")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """The ``export`` stage: the job's final model as a GGUF file for llama.cpp (``slimgpt.export.to_gguf``).
+
+    ``dtype``: a GGUF type (``f32``, ``f16``, ``bf16``, or ``q8_0``/``q4_k_m``/``q5_k_m`` from llama.cpp's
+    quantizer); ``pad_ffn``: FFN widths rounded up to a multiple with zero channels (exact); ``regroup``: write
+    uneven query groups (``head_granularity=query_head``) with extra kv heads instead of refusing them;
+    ``threads``: threads of the quantizer.
+    """
+
+    dtype: str = "q8_0"
+    pad_ffn: int = 1
+    regroup: bool = False
+    threads: int = 1
+
+    def __post_init__(self):
+        from slimgpt.export.gguf import GGUF_TYPES
+
+        _require(self.dtype in GGUF_TYPES, f"export.dtype={self.dtype!r} is not one of {list(GGUF_TYPES)}")
+        _check_positive("export", pad_ffn=self.pad_ffn, threads=self.threads)
+        _require(isinstance(self.regroup, bool), f"export.regroup must be true or false, got {self.regroup!r}")
 
 
 def parse_stages(stages: list[str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The three stages of a job — prune, finetune, eval — as functions with artifacts in and out.
+"""The stages of a job — prune, finetune, eval, export — as functions with artifacts in and out.
 
 A ``ModelArtifact`` names a model: the dense starting point (built from its ``ModelSpec``) or a saved
 checkpoint directory in the artifact cache. Each stage computes the signature of what determines its
@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
-from .cache import EVAL_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
+from .cache import EVAL_CODE, EXPORT_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
 from .loggers import Logger
-from .specs import CalibSpec, EvalSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
+from .record import ExportEntry
+from .specs import (CalibSpec, EvalSpec, ExportSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec,
+                    spec_dict)
 
 log = logging.getLogger(__name__)
 
@@ -273,27 +275,59 @@ def _lora_train_and_store(source, model, stage: LoraSpec, cache, key, prefix: st
 # ----------------------------------------------------------------------------------------------- eval
 
 
+#: Per-question zero-shot results, stored in the eval artifact's folder beside its metrics (``data.json``).
+SAMPLES_FILE = "samples.json"
+
+
 def eval_stage(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec, *, cache: ArtifactCache,
                logger: Logger, role: str = "final") -> dict[str, float]:
     """Perplexity and/or zero-shot metrics of ``source``; flat keys like ``ppl/wiki``, ``zeroshot/avg``.
 
     Logged as W&B summary values ``<role>/<key>`` (role ``final`` or ``dense``). Cached by (source,
-    evaluation): re-running a finished job does not evaluate again.
+    evaluation): re-running a finished job does not evaluate again. With zero-shot, the artifact folder also
+    holds ``samples.json`` (see :func:`samples_record`): which questions the model answered correctly, for
+    paired tests between models (``slimgpt.eval.significance``).
     """
     key = signature({"source": source.key, "eval": spec_dict(evaluation)}, code=EVAL_CODE)
     metrics = cache.find_json("eval", key)
     if metrics is None:
-        metrics = _evaluate(source, model, evaluation)
-        cache.store_json("eval", key, metrics)
+        metrics, samples = _evaluate(source, model, evaluation)
+        cache.store_dir("eval", key, _eval_writer(metrics, samples_record(source, evaluation, samples)), meta={})
     logger.summary({f"{role}/{k}": v for k, v in metrics.items()})
     return metrics
 
 
-def _evaluate(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec) -> dict[str, float]:
+def _eval_writer(metrics: dict, samples: dict | None):
+    """A writer for ``ArtifactCache.store_dir``: the metrics (``data.json``) and, if any, the per-question file."""
+    from slimgpt.io import write_json_atomic
+
+    from .cache import DATA_FILE
+
+    def write(folder: Path) -> None:
+        write_json_atomic(folder / DATA_FILE, metrics)
+        if samples is not None:
+            write_json_atomic(folder / SAMPLES_FILE, samples)
+
+    return write
+
+
+def samples_record(source: ModelArtifact, evaluation: EvalSpec, samples: dict | None) -> dict | None:
+    """The content of ``samples.json``: the evaluated model (``source`` key = ``Evaluation.key`` in the run
+    record, label), the zero-shot settings and ``samples`` (task -> ``{"metric", "doc_id", "correct",
+    "doc_hash"}``); ``None`` without zero-shot."""
+    if samples is None or evaluation.zeroshot is None:
+        return None
+    return {"source": source.key, "label": source.label, "zeroshot": spec_dict(evaluation.zeroshot),
+            "tasks": samples}
+
+
+def _evaluate(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec) -> tuple[dict[str, float], dict | None]:
+    """``(metrics, per-question zero-shot results or None)`` of ``source``."""
     from slimgpt.pruning.structures import count_params
 
     net, tokenizer = load_artifact(source, model)
     metrics: dict[str, float] = {"params": count_params(net)}
+    samples = None
     started = time.perf_counter()
     if (ppl := evaluation.perplexity) is not None:
         from slimgpt.eval.perplexity import perplexity
@@ -307,15 +341,62 @@ def _evaluate(source: ModelArtifact, model: ModelSpec, evaluation: EvalSpec) -> 
         scores = zeroshot(net, tokenizer, list(zs.tasks), limit=zs.limit, batch_size=zs.batch_size,
                           metrics=zs.metrics, source=zs.source)
         metrics.update(zeroshot_metrics(scores))
+        samples = scores["samples"]
     metrics["eval_seconds"] = time.perf_counter() - started
-    return metrics
+    return metrics, samples
 
 
 def zeroshot_metrics(scores: dict) -> dict[str, float]:
-    """``zeroshot(...)``'s result as ``zeroshot/<task>`` (the task's metric) plus ``zeroshot/avg``."""
+    """``zeroshot(...)``'s result as ``zeroshot/<task>`` (the task's metric) plus ``zeroshot/avg``, and their
+    standard errors as ``zeroshot_stderr/<task>`` and ``zeroshot_stderr/avg``."""
     flat = {f"zeroshot/{task}": float(result["value"]) for task, result in scores["tasks"].items()}
     flat["zeroshot/avg"] = float(scores["average"])
+    flat.update({f"zeroshot_stderr/{task}": float(result["stderr"]) for task, result in scores["tasks"].items()})
+    flat["zeroshot_stderr/avg"] = float(scores["average_stderr"])
     return flat
 
 
-__all__ = ["ModelArtifact", "dense_artifact", "eval_stage", "finetune_stage", "load_artifact", "prune_stage"]
+# ----------------------------------------------------------------------------------------------- export
+
+#: the file an export entry of the run cache holds
+GGUF_FILE = "model.gguf"
+
+
+def export_stage(source: ModelArtifact, model: ModelSpec, export: ExportSpec, *, cache: ArtifactCache,
+                 logger: Logger) -> ExportEntry:
+    """Writes ``source`` (the job's final model) as a GGUF file for llama.cpp; returns where, with its sha256
+    and size. Cached by (source, export settings) like the other stages: a second job with the same model and
+    type reuses the file (checked against its recorded sha256). The file appears only complete (the cache's
+    atomic folder)."""
+    key = signature({"source": source.key, "export": spec_dict(export)}, code=EXPORT_CODE)
+    cached = cache.find_dir("gguf", key) is not None
+    if cached:
+        log.info("export: reusing the cached GGUF file %s", cache.path("gguf", key) / GGUF_FILE)
+    else:
+        _export_and_store(source, model, export, cache, key)
+    folder = cache.path("gguf", key)
+    record = cache.marker(folder)[0]["files"][GGUF_FILE]
+    entry = ExportEntry(cached=cached, key=key, path=str(folder / GGUF_FILE), dtype=export.dtype,
+                        sha256=record["sha256"], bytes=record["size"], summary=cache.dir_meta("gguf", key)["summary"])
+    logger.summary({"export/bytes": entry.bytes})
+    return entry
+
+
+def _export_and_store(source: ModelArtifact, model: ModelSpec, export: ExportSpec, cache: ArtifactCache,
+                      key: str) -> None:
+    from slimgpt.export import to_gguf
+
+    net, tokenizer = load_artifact(source, model)
+    meta: dict = {}
+
+    def write(folder: Path) -> None:
+        summary = to_gguf(net, tokenizer, folder / GGUF_FILE, export.dtype, regroup=export.regroup,
+                          pad_ffn=export.pad_ffn, threads=export.threads, name=source.label)
+        meta["summary"] = summary.describe().replace(str(folder / GGUF_FILE), GGUF_FILE)
+        log.info("export: %s", meta["summary"])
+
+    cache.store_dir("gguf", key, write, meta=meta)
+
+
+__all__ = ["SAMPLES_FILE", "ModelArtifact", "dense_artifact", "eval_stage", "export_stage", "finetune_stage",
+           "load_artifact", "prune_stage"]

@@ -66,6 +66,17 @@ class Method:
         :meth:`prepare`. ``None`` (the default): the engine's schedule decides."""
         return None
 
+    def layer_target(self, layer, index: int, ratio: float, inps: torch.Tensor, batches: list,
+                     engine) -> tuple[float, int | None]:
+        """Hook before decoder layer ``index`` is pruned (``inps: [n, L, hidden]`` its inputs, ``batches`` the
+        engine's calibration batches, ``engine`` its options): the layer's ratio and, optionally, the attention
+        units to remove (the FFN then takes the rest of the layer's budget). Default: ``(ratio, None)``."""
+        return ratio, None
+
+    def finish_layer(self, layer, index: int, inps: torch.Tensor) -> None:
+        """Hook after decoder layer ``index`` is pruned, with its outputs ``inps: [n, L, hidden]`` (the next
+        layer's inputs; a method may correct the layer and them in place). Default: nothing."""
+
     def options(self) -> dict:
         """The method's options as a plain dict (the report records it)."""
         return asdict(self)
