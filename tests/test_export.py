@@ -4,6 +4,7 @@ Pruned layouts are made by deterministic surgery (the engine's own ``remove_head
 each test knows which layer is uneven, narrow or empty; one test runs the real pruning engine.
 """
 
+import os
 import sys
 
 import gguf
@@ -105,6 +106,20 @@ def test_engine_pruned_model_gives_pytorch_logits(runtime, tmp_path):
     calibration = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     slimgpt.prune(model, calibration, 0.3, schedule="uniform", head_granularity="kv_group", progress=False)
     assert min(model.config.layer_intermediate_sizes) < 96
+    assert _max_error(runtime, model, tmp_path) <= 1e-3
+
+
+def test_balanced_query_head_pruned_model_gives_pytorch_logits(runtime, tmp_path, family):
+    """The engine's balanced query-head granularity (single heads and whole groups go, every kept kv head keeps
+    as many query heads) is written as is: no regrouping, no extra kv heads."""
+    model = _model(family, heads=9, kv_heads=3, hidden=72, num_layers=3)
+    calibration = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    slimgpt.prune(model, calibration, 0.35, head_granularity="balanced_query_head", progress=False)
+    heads, kv_heads = model.config.layer_num_heads, model.config.layer_num_key_value_heads
+    assert heads[0] > heads[-1] and any(h % 3 for h in heads) and min(kv_heads) < 3
+    layouts = plan_layouts(model)
+    assert [len(layout.kv_heads) for layout in layouts] == kv_heads
+    assert all(None not in layout.q_heads for layout in layouts)
     assert _max_error(runtime, model, tmp_path) <= 1e-3
 
 
@@ -280,3 +295,57 @@ def test_sentencepiece_style_tokenizer_round_trips_through_llama_cpp(runtime, tm
     text = "Pruned models run faster, über alles: 42!"
     with runtime(tmp_path / "m.gguf") as llm:
         assert llm.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------------------------------------------- the runner's export stage
+
+
+def _export_job(tmp_path, run: str, *overrides: str):
+    from slimgpt.runner.cli import build_job, compose_config
+
+    cfg = compose_config(["debug=default", "finetune=none", "eval=ppl", "stages=[prune,eval,export]",
+                          "model.name='tiny:llama?heads=6,kv_heads=2,hidden=48'", f"paths.cache={tmp_path / 'cache'}",
+                          *overrides])
+    return build_job(cfg, run_dir=tmp_path / run)
+
+
+def test_export_stage_writes_the_final_model_records_it_and_reuses_it(runtime, tmp_path):
+    """prune → eval → export on a tiny model: results.json names the GGUF file with its sha256 and size, the
+    file gives the pruned checkpoint's logits in llama.cpp, and a second job reuses it from the run cache."""
+    from slimgpt.io import sha256_file
+    from slimgpt.runner.loggers import NoneLogger
+    from slimgpt.runner.pipeline import run_job
+    from slimgpt.runner.record import RunRecord
+
+    overrides = ("pruner.engine.head_granularity=balanced_query_head", "pruner.ratio=0.4", "export.dtype=f32")
+    record = run_job(_export_job(tmp_path, "run", *overrides), NoneLogger())
+    entry = record.export
+    assert record.status == "done" and "export" in record.timings and not entry.cached
+    assert entry.dtype == "f32" and entry.path.startswith(str(tmp_path / "cache" / "gguf"))
+    assert sha256_file(entry.path) == entry.sha256 and entry.bytes == os.path.getsize(entry.path)
+    assert RunRecord.load(tmp_path / "run" / "results.json").export == entry
+    pruned, tokenizer = slimgpt.load_model(record.final_model.path)
+    assert pruned.config.is_pruned()
+    ids = tokenizer(TEXT)["input_ids"]
+    assert np.abs(_gguf_logits(runtime, entry.path, ids) - _torch_logits(pruned, ids)).max() <= 1e-3
+    again = run_job(_export_job(tmp_path, "run2", *overrides), NoneLogger()).export
+    assert again.cached and (again.path, again.sha256) == (entry.path, entry.sha256)
+
+
+def test_export_stage_refuses_uneven_query_heads_before_any_stage(tmp_path):
+    from slimgpt.runner.loggers import NoneLogger
+    from slimgpt.runner.pipeline import PreflightError, run_job
+    from slimgpt.runner.record import RunRecord
+
+    job = _export_job(tmp_path, "run", "pruner.engine.head_granularity=query_head")
+    with pytest.raises(PreflightError, match="head_granularity=query_head leaves uneven query groups.*balanced_query_head"):
+        run_job(job, NoneLogger())
+    record = RunRecord.load(tmp_path / "run" / "results.json")
+    assert record.status == "failed" and not record.timings and not list((tmp_path / "cache" / "pruned").iterdir())
+
+
+def test_export_spec_rejects_an_unknown_type():
+    from slimgpt.runner.specs import ExportSpec
+
+    with pytest.raises(ValueError, match=r"export.dtype='q3' is not one of \['f32', 'f16'"):
+        ExportSpec(dtype="q3")

@@ -45,7 +45,7 @@ def test_a_version_1_file_loads_with_every_value(v1):
 
 def test_a_version_1_record_loses_nothing_when_upgraded_and_written_again(v1, tmp_path):
     written = RunRecord.from_json(v1).to_json()
-    assert list(written)[0] == "version" and written["version"] == RECORD_VERSION == 3
+    assert list(written)[0] == "version" and written["version"] == RECORD_VERSION == 4
     untouched = [k for k in v1 if k not in ("specs", "prune")]
     assert {k: written[k] for k in untouched} == {k: v1[k] for k in untouched}
     assert {k: v for k, v in written["specs"].items() if k != "pruner"} == {

@@ -84,7 +84,7 @@ def test_load_model_keeps_a_saved_slim_model(tmp_path):
 
 def test_load_model_errors():
     with pytest.raises(OSError, match="cannot load model 'no-such/model-xyz': not a known model "
-                                      r"\(qwen2.5-0.5b, smollm2-135m, tiny:llama, tiny:qwen2\)"):
+                                      r"\(qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m, tiny:llama, tiny:qwen2\)"):
         slimgpt.load_model("no-such/model-xyz")
     with pytest.raises(UnknownAssetError, match="asset 'wiki' is a text, not a model"):
         slimgpt.load_model("wiki")

@@ -3,7 +3,7 @@
 Public API::
 
     cache_dir(cache=None) -> Path                     # ~/.cache/slimgpt, $SLIMGPT_CACHE, or the argument
-    model_dir(name) -> Path                           # "smollm2-135m", "qwen2.5-0.5b": an HF model directory
+    model_dir(name) -> Path                           # "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b": an HF model dir
     text_corpus(name, split) -> list[str]             # "wiki" (train/test) offline; "c4", "wikitext2", "ptb" online
     zeroshot_data(task) -> Path                       # JSONL in the stock HF schema of one of the 7 paper tasks
     instruction_data(name, split) -> list[dict]       # Alpaca records; "sharegpt" offline, "alpaca-cleaned" online

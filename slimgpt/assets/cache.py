@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -88,9 +89,11 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def build_atomic(
-    name: str, builder: Callable[[Path], dict], record: dict, cache: str | os.PathLike | None = None
+    name: str, builder: Callable[[Path], dict], record: dict, cache: str | os.PathLike | None = None,
+    version: int = 1,
 ) -> Path:
-    """Returns the valid cache entry of asset ``name``, building it first if missing or corrupt.
+    """Returns the valid cache entry of asset ``name``, building it first if missing, corrupt or built by
+    another layout ``version`` (recorded as ``asset_version``; entries without it are version 1).
 
     ``builder(tmp_dir)`` writes the asset's files into an empty temporary directory and returns extra
     manifest fields (e.g. row counts). The manifest (``record`` + those fields + sha256/size of every file)
@@ -99,17 +102,26 @@ def build_atomic(
     root = assets_root(cache)
     final = root / name
     with _locked(root / f".{name}.lock"):
-        if is_valid(final):
+        if is_valid(final) and _is_version(final, version):
             return final
         _remove_leftovers(root, name)
         with atomic_dir(final) as tmp:
             extra = builder(tmp)
             files = file_records(tmp, exclude=(RECORD_NAME,))
-            full = {**record, **extra, "name": name, "files": files,
+            full = {**record, **extra, "name": name, "files": files, "asset_version": version,
                     "size": sum(f["size"] for f in files.values()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             write_json_atomic(tmp / RECORD_NAME, full, sort_keys=True)
     write_index(cache)
     return final
+
+
+def _is_version(folder: Path, version: int) -> bool:
+    """True if the (valid) entry ``folder`` was built by layout ``version``; says so on stderr otherwise."""
+    built = (read_record(folder) or {}).get("asset_version", 1)
+    if built != version:
+        print(f"[slimgpt-assets] {folder.name} was built by asset version {built}; rebuilding it as version "
+              f"{version}", file=sys.stderr)
+    return built == version
 
 
 def _remove_leftovers(root: Path, name: str) -> None:

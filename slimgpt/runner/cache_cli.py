@@ -2,8 +2,9 @@
 
     slimgpt-cache list                  # kind/key, size, files, created, state (marker and sizes, no hashing)
     slimgpt-cache verify [KEY ...]      # re-hash entries against their markers (exit 1 on a problem)
-    slimgpt-cache gc [--min-age S] [--dry-run]
-                                        # remove leftovers of killed writers (.tmp-*/.old-*) and orphans
+    slimgpt-cache gc [--min-age S] [--resume-max-age S] [--dry-run]
+                                        # remove leftovers of killed writers (.tmp-*/.old-*), orphans and
+                                        # stale prune checkpoints (.resume-*: finished, or older than 7 days)
     slimgpt-cache rm KEY [KEY ...]      # remove entries; KEY is <key> or <kind>/<key>
 
 ``--cache DIR`` overrides ``$SLIMGPT_RUN_CACHE`` / ``<asset cache>/runs`` (the runner's ``paths.cache``).
@@ -16,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cache import ArtifactCache, default_root
+from .cache import RESUME_MAX_AGE, RESUME_PREFIX, ArtifactCache, default_root
 
 
 class CacheKeyError(ValueError):
@@ -64,14 +65,16 @@ def cmd_verify(cache: ArtifactCache, args) -> int:
 
 
 def cmd_gc(cache: ArtifactCache, args) -> int:
-    removable, kept = cache.garbage(min_age=args.min_age)
+    removable, kept = cache.garbage(min_age=args.min_age, resume_max_age=args.resume_max_age)
     for path in removable:
         if not args.dry_run:
             cache.remove(path)
         print(f"{'would remove' if args.dry_run else 'removed'} {path.relative_to(cache.root)}")
     for path in kept:
-        print(f"kept {path.relative_to(cache.root)} (a job may still be writing it; --min-age 0 removes it "
-              f"unless it is locked)")
+        why = ("the checkpoint of an unfinished prune: running it again resumes from it; --resume-max-age 0 "
+               "removes it unless a prune holds it" if path.name.startswith(RESUME_PREFIX) else
+               "a job may still be writing it; --min-age 0 removes it unless it is locked")
+        print(f"kept {path.relative_to(cache.root)} ({why})")
     print(f"{len(removable)} {'to remove' if args.dry_run else 'removed'}, {len(kept)} kept")
     return 0
 
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     gc = sub.add_parser("gc", help="remove leftovers of killed writers and orphans")
     gc.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                     help="keep leftovers written in the last SECONDS (default 3600)")
+    gc.add_argument("--resume-max-age", type=float, default=RESUME_MAX_AGE, metavar="SECONDS",
+                    help="keep checkpoints of unfinished prunes written in the last SECONDS (default 7 days)")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.set_defaults(func=cmd_gc)
     rm = sub.add_parser("rm", help="remove entries")

@@ -26,9 +26,9 @@ from .specs import parse_stages
 #: The config directory (a checkout's conf/; the runner is used from a clone, see README).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Top-level keys of the composed config (groups first); anything else is a typo.
-TOP_LEVEL_KEYS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "logger",
+TOP_LEVEL_KEYS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "export", "logger",
                   "stages", "baseline", "name", "sweep_name", "paths")
-SPEC_GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval")
+SPEC_GROUPS = ("model", "calib", "pruner", "schedule", "finetune", "eval", "export")
 
 
 def build_spec(cfg: DictConfig, group: str):
@@ -81,7 +81,7 @@ def build_job(cfg: DictConfig, *, run_dir: Path, group: str | None = None, overr
         finetune=specs["finetune"], evaluation=specs["eval"], run_dir=Path(run_dir),
         cache_dir=_cache_dir(cfg.paths.cache), name=str(cfg.name), group=group,
         stages=parse_stages(cfg.stages), baseline=bool(cfg.baseline), overrides=tuple(overrides),
-        config={**resolved, "choices": choices or {}, "overrides": list(overrides)},
+        config={**resolved, "choices": choices or {}, "overrides": list(overrides)}, export=specs["export"],
     )
 
 

@@ -29,8 +29,9 @@ from .cache import ArtifactCache
 from .loggers import Logger, logged_run
 from .record import RESULTS_FILE, Evaluation, FinalModel, PruneEntry, RunRecord
 from .results import peak_memory_mb, versions
-from .specs import STAGES, CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
-from .stages import ModelArtifact, dense_artifact, eval_stage, finetune_stage, prune_stage
+from .specs import (DEFAULT_STAGES, CalibSpec, EvalSpec, ExportSpec, FinetuneSpec, ModelSpec, PrunerSpec, ScheduleSpec,
+                    spec_dict)
+from .stages import ModelArtifact, dense_artifact, eval_stage, export_stage, finetune_stage, prune_stage
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,17 @@ class Job:
     cache_dir: Path
     name: str = "run"
     group: str | None = None
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = DEFAULT_STAGES
     baseline: bool = False
     overrides: tuple[str, ...] = ()
     config: dict = field(default_factory=dict)
+    export: ExportSpec = field(default_factory=ExportSpec)
 
     def specs(self) -> dict:
         """The typed settings as plain dicts (what the summary table reads)."""
         return {"model": spec_dict(self.model), "calib": spec_dict(self.calib), "pruner": spec_dict(self.pruner),
                 "schedule": spec_dict(self.schedule), "finetune": spec_dict(self.finetune),
-                "eval": spec_dict(self.evaluation)}
+                "eval": spec_dict(self.evaluation), "export": spec_dict(self.export)}
 
 
 class _Recorder:
@@ -124,6 +126,7 @@ def run_job(job: Job, logger: Logger) -> RunRecord:
     try:
         check_storage(job)
         check_model_fit(job)
+        check_export(job)
         with logged_run(logger, run_dir=job.run_dir, name=job.name, group=job.group, config=job.config):
             _run_stages(job, logger, recorder)
     except KeyboardInterrupt as error:
@@ -159,6 +162,10 @@ def _run_stages(job: Job, logger: Logger, recorder: _Recorder) -> None:
         recorder.save()
     if "eval" in job.stages:
         _timed(recorder, "eval", lambda: _evaluate(artifact, "final", job, cache, logger, recorder))
+    if "export" in job.stages:
+        recorder.record.export = _timed(recorder, "export", lambda: export_stage(
+            artifact, job.model, job.export, cache=cache, logger=logger))
+        recorder.save()
     recorder.record.final_model = FinalModel(label=artifact.label, key=artifact.key, path=_path(artifact))
 
 
@@ -199,17 +206,45 @@ def check_model_fit(job: Job) -> None:
             raise PreflightError(f"{key}={length} exceeds the context of {job.model.name} ({context} tokens)")
 
 
+def check_export(job: Job) -> None:
+    """:class:`PreflightError` when the ``export`` stage could not write the job's final model: single query heads
+    pruned without ``export.regroup`` (uneven groups, which llama.cpp cannot run), a model llama.cpp's graph does
+    not compute, or a quantized type without llama.cpp's runtime — found before any stage runs."""
+    if "export" not in job.stages:
+        return
+    from slimgpt.export.gguf import QUANTIZED_TYPES, check_supported
+    from slimgpt.sources import model_config
+
+    if "prune" in job.stages and job.pruner.engine.head_granularity == "query_head" and not job.export.regroup:
+        raise PreflightError("stages include export, but head_granularity=query_head leaves uneven query groups "
+                             "that llama.cpp cannot run: prune with pruner.engine.head_granularity="
+                             "balanced_query_head (or kv_group), or set export.regroup=true (extra kv heads)")
+    try:
+        check_supported(model_config(job.model.name))
+    except ValueError as error:
+        raise PreflightError(f"export: {error}") from None
+    if job.export.dtype in QUANTIZED_TYPES:
+        from slimgpt.export.llamacpp import INSTALL_HINT
+
+        try:
+            import llama_cpp  # noqa: F401  (the quantizer is llama.cpp's)
+        except ImportError:
+            raise PreflightError(f"export.dtype={job.export.dtype} needs llama.cpp's quantizer: {INSTALL_HINT}; "
+                                 "or export.dtype=f16") from None
+
+
 def check_storage(job: Job) -> None:
     """Raises :class:`StorageError` unless each run-cache folder the job's stages write into is writable and the
     file systems of the run folder and the cache have room: :data:`RUN_DIR_MIN_FREE` for the run folder, one
     checkpoint of the dense model per weight-changing stage (prune, each LoRA stage; cached or not) plus
     :data:`CACHE_MIN_FREE` for the cache (added up where both are on one disk)."""
     run_dir, cache = Path(job.run_dir), Path(job.cache_dir)
-    kinds = [kind for kind, stage in (("pruned", "prune"), ("finetuned", "finetune"), ("eval", "eval"))
-             if stage in job.stages]
+    kinds = [kind for kind, stage in (("pruned", "prune"), ("finetuned", "finetune"), ("eval", "eval"),
+                                      ("gguf", "export")) if stage in job.stages]
     for kind in kinds:
         _check_writable(cache / kind, "the run cache")
     checkpoints = ("prune" in job.stages) + ("finetune" in job.stages) * len(job.finetune.stages)
+    checkpoints += 2 * ("export" in job.stages)  # the GGUF file, and an F32 scratch file for a quantized type
     needs = {run_dir: RUN_DIR_MIN_FREE, cache: CACHE_MIN_FREE + checkpoints * (checkpoint_bytes(job.model) or 0)}
     _check_room(needs, f" ({checkpoints} checkpoint(s) of {job.model.name})")
 

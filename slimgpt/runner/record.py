@@ -4,7 +4,7 @@ The pipeline fills a :class:`RunRecord` stage by stage and saves it atomically a
 (``slimgpt-report``), the studies (``slimgpt-figures``) and the sweeper objective read its attributes.
 
 Versions: 1 is the format without a ``version`` key (written before this module existed; it lacks
-``pid``/``host``); 2 adds ``version``, ``pid`` and ``host``. :meth:`RunRecord.from_json` reads every
+``pid``/``host``); 2 adds ``version``, ``pid`` and ``host``; 3 types the pruner; 4 adds ``export``. :meth:`RunRecord.from_json` reads every
 version, upgrading an older one step by step (``_UPGRADES``), and refuses newer versions and unknown
 keys, naming them. A change of what the record holds bumps :data:`RECORD_VERSION` and adds a step.
 
@@ -23,7 +23,7 @@ from slimgpt.io import jsonable, read_json, write_json_atomic
 #: The name of a job's record in its run folder.
 RESULTS_FILE = "results.json"
 #: The format :meth:`RunRecord.to_json` writes.
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 #: What a job's ``status`` can be on disk; a reader may also show ``killed`` (see :meth:`RunRecord.status_now`).
 STATUSES = ("running", "done", "failed", "interrupted")
 
@@ -71,6 +71,20 @@ class PruneEntry:
 
 
 @dataclass
+class ExportEntry:
+    """The export stage: the GGUF file of the final model (``path``, in the run cache), its type, sha256 and size
+    in bytes, whether it came from the run cache, its cache key, and the exporter's one-line summary."""
+
+    cached: bool
+    key: str
+    path: str
+    dtype: str
+    sha256: str
+    bytes: int
+    summary: str = ""
+
+
+@dataclass
 class FinalModel:
     """The model the job ended with: label (``slimgpt+lora``), cache key, checkpoint folder (``None``: dense)."""
 
@@ -107,6 +121,7 @@ class RunRecord:
     peak_memory: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
     final_model: FinalModel | None = None
+    export: ExportEntry | None = None
     pid: int | None = None
     host: str | None = None
 
@@ -156,7 +171,7 @@ class RunRecord:
             data = _UPGRADES[older](data)
         data["evaluations"] = [_build(Evaluation, e, f"evaluations[{i}]") for i, e in enumerate(
             data.get("evaluations", []))]
-        for key, nested in (("prune", PruneEntry), ("final_model", FinalModel)):
+        for key, nested in (("prune", PruneEntry), ("final_model", FinalModel), ("export", ExportEntry)):
             if data.get(key) is not None:
                 data[key] = _build(nested, data[key], key)
         return _build(cls, data, "results.json")
@@ -204,8 +219,13 @@ def _v2_to_v3(data: dict) -> dict:
     return {**data, "specs": specs, "prune": prune}
 
 
+def _v3_to_v4(data: dict) -> dict:
+    """Version 4 adds the export stage; a version 3 job exported nothing."""
+    return {**data, "export": None}
+
+
 #: version -> the function that turns a record of that version into one of the next version
-_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def process_alive(pid: int) -> bool:

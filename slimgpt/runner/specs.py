@@ -15,7 +15,9 @@ from ..pruning.methods import Method, make_method
 from ..pruning.options import EngineOptions, check_ratio
 from ..pruning.schedules import Schedule as ScheduleSpec  # the schedule is its own typed spec (conf/schedule)
 
-STAGES = ("prune", "finetune", "eval")
+STAGES = ("prune", "finetune", "eval", "export")
+#: what a job runs unless ``stages`` says otherwise (the export is opt-in: ``stages=[prune,finetune,eval,export]``)
+DEFAULT_STAGES = ("prune", "finetune", "eval")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -43,13 +45,24 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model to start from: a name ``slimgpt.load_model`` knows (an asset such as ``smollm2-135m``, a
-    hub id, a local path, or a tiny random model ``tiny:llama?num_layers=2``), its dtype and device."""
+    hub id, a local path, or a tiny random model ``tiny:llama?num_layers=2``), its dtype and device.
+
+    ``streaming``: prune out of core (``slimgpt.prune_checkpoint``: one decoder layer in memory at a time,
+    bit-identical weights): ``true``, ``false``, or ``"auto"`` = streaming when the dense weights in ``dtype``
+    take more than half of the host's available memory and the model and method can stream (a checkpoint
+    folder or an asset, a method without whole-model statistics); it changes no number, so no cache key.
+    """
 
     name: str
     dtype: str = "float32"
     device: str = "cpu"
+    streaming: bool | str = "auto"
 
     def __post_init__(self):
+        _require(self.streaming in (True, False, "auto"),
+                 f"model.streaming={self.streaming!r}; use true, false or auto")
+        _require(not (self.streaming is True and self.name.startswith("tiny:")),
+                 f"model.streaming=true, but {self.name} is built in memory and has no checkpoint to stream")
         _require(bool(self.name), "model.name must be a model name, hub id or path, got an empty value")
         _require(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {list(DTYPES)}")
         _require(
@@ -99,6 +112,7 @@ class PrunerSpec:
         engine = self.engine if isinstance(self.engine, EngineOptions) else EngineOptions.from_dict(_plain(self.engine))
         options = self.options if isinstance(self.options, Method) else make_method(self.method, _plain(self.options))
         _require(options.name == self.method, f"pruner.options are those of method '{options.name}', not '{self.method}'")
+        options.check_granularity(engine.head_granularity)
         object.__setattr__(self, "engine", engine)
         object.__setattr__(self, "options", options)
 
@@ -188,6 +202,29 @@ class EvalSpec:
 
     def __post_init__(self):
         _require(self.perplexity is not None or self.zeroshot is not None, "eval needs perplexity and/or zeroshot")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """The ``export`` stage: the job's final model as a GGUF file for llama.cpp (``slimgpt.export.to_gguf``).
+
+    ``dtype``: a GGUF type (``f32``, ``f16``, ``bf16``, or ``q8_0``/``q4_k_m``/``q5_k_m`` from llama.cpp's
+    quantizer); ``pad_ffn``: FFN widths rounded up to a multiple with zero channels (exact); ``regroup``: write
+    uneven query groups (``head_granularity=query_head``) with extra kv heads instead of refusing them;
+    ``threads``: threads of the quantizer.
+    """
+
+    dtype: str = "q8_0"
+    pad_ffn: int = 1
+    regroup: bool = False
+    threads: int = 1
+
+    def __post_init__(self):
+        from slimgpt.export.gguf import GGUF_TYPES
+
+        _require(self.dtype in GGUF_TYPES, f"export.dtype={self.dtype!r} is not one of {list(GGUF_TYPES)}")
+        _check_positive("export", pad_ffn=self.pad_ffn, threads=self.threads)
+        _require(isinstance(self.regroup, bool), f"export.regroup must be true or false, got {self.regroup!r}")
 
 
 def parse_stages(stages: list[str]) -> tuple[str, ...]:

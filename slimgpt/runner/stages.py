@@ -1,4 +1,4 @@
-"""The three stages of a job — prune, finetune, eval — as functions with artifacts in and out.
+"""The stages of a job — prune, finetune, eval, export — as functions with artifacts in and out.
 
 A ``ModelArtifact`` names a model: the dense starting point (built from its ``ModelSpec``) or a saved
 checkpoint directory in the artifact cache. Each stage computes the signature of what determines its
@@ -7,6 +7,7 @@ and stores the result. The library functions they call (``slimgpt.prune``, ``sli
 imported inside each stage, so the runner imports and configs compose while they are optional.
 """
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -16,9 +17,11 @@ from typing import Any
 
 import torch
 
-from .cache import EVAL_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
+from .cache import EVAL_CODE, EXPORT_CODE, FINETUNE_CODE, PRUNE_CODE, ArtifactCache, signature
 from .loggers import Logger
-from .specs import CalibSpec, EvalSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec, spec_dict
+from .record import ExportEntry
+from .specs import (CalibSpec, EvalSpec, ExportSpec, FinetuneSpec, LoraSpec, ModelSpec, PrunerSpec, ScheduleSpec,
+                    spec_dict)
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +95,85 @@ def prune_stage(source: ModelArtifact, model: ModelSpec, calib: CalibSpec, prune
 
 def _prune_and_store(source, model, calib, pruner, schedule, cache, key, on_report) -> dict:
     """Loads ``source``, draws calibration data, prunes in place, checks, reports (``on_report``) and stores;
-    returns the report."""
+    returns the report.
+
+    The prune keeps a per-layer checkpoint in the cache (``<kind>/.resume-<key>``, ``ArtifactCache.resume_path``):
+    a job killed mid-prune (a SLURM pre-emption) and run again resumes after the last finished layer, with
+    bit-identical weights; a finished prune removes it. Disk buffers (``buffers: disk``) go next to it.
+    """
     import slimgpt
     from slimgpt.pruning.engine import prune_model
 
+    if _streams(source, model, pruner):
+        return _prune_streamed(source, model, calib, pruner, schedule, cache, key, on_report)
     net, tokenizer = load_artifact(source, model)
     calibration = slimgpt.calibration_data(calib.source, tokenizer, calib.num_samples, calib.seq_len,
                                            seed=calib.seed)  # [num_samples, seq_len]
     log.info("prune: %s to ratio %.3f of %s parameters, schedule %s", pruner.method, pruner.ratio,
              pruner.ratio_of, schedule.name)
-    report = prune_model(net, calibration, pruner.ratio, schedule, pruner.options, pruner.engine,
-                         pruner.ratio_of).to_dict()
+    report = prune_model(net, calibration, pruner.ratio, schedule, pruner.options, _engine_in(pruner, cache),
+                         pruner.ratio_of, checkpoint_dir=cache.resume_path("pruned", key)).to_dict()
     check_finite_logits(net, calibration[:1])
     if on_report is not None:
         on_report(key, report)
     cache.store_dir("pruned", key, _save_checkpoint(net, tokenizer), meta={"report": report})
     return report
+
+
+def _streams(source: ModelArtifact, model: ModelSpec, pruner: PrunerSpec) -> bool:
+    """Whether the prune streams (``model.streaming``; ``auto``: a model that can stream, with a method that can,
+    whose dense weights take more than half of the host's available memory)."""
+    if model.streaming != "auto":
+        return bool(model.streaming)
+    from slimgpt.pruning.engine import _free_bytes
+    from slimgpt.pruning.streaming import check_streamable
+
+    from .pipeline import checkpoint_bytes
+
+    if source.path is None and model.name.startswith("tiny:"):
+        return False
+    try:
+        check_streamable(pruner.options)
+    except ValueError:
+        return False
+    return (checkpoint_bytes(model) or 0) > _free_bytes(torch.device("cpu")) // 2
+
+
+def _prune_streamed(source, model, calib, pruner, schedule, cache, key, on_report) -> dict:
+    """The streamed prune (``slimgpt.prune_checkpoint``) of ``source``'s checkpoint straight into the cache folder:
+    one decoder layer in memory at a time. The engine checks every layer's outputs for NaN/inf; the whole-model
+    logits check of the in-memory path is skipped (it would load the whole model)."""
+    import slimgpt
+    from slimgpt.pruning.streaming import prune_checkpoint, source_folder
+    from transformers import AutoTokenizer
+
+    folder = source_folder(source.path or model.name)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    calibration = slimgpt.calibration_data(calib.source, tokenizer, calib.num_samples, calib.seq_len,
+                                           seed=calib.seed)  # [num_samples, seq_len]
+    log.info("prune (streaming from %s): %s to ratio %.3f of %s parameters, schedule %s", folder, pruner.method,
+             pruner.ratio, pruner.ratio_of, schedule.name)
+    meta: dict = {}
+
+    def write(out: Path) -> None:
+        meta["report"] = prune_checkpoint(
+            folder, out, calibration, pruner.ratio, schedule, pruner.options, pruner.ratio_of,
+            dtype=getattr(torch, model.dtype), checkpoint_dir=cache.resume_path("pruned", key),
+            **dataclasses.asdict(_engine_in(pruner, cache))).to_dict()
+        if on_report is not None:
+            on_report(key, meta["report"])
+
+    cache.store_dir("pruned", key, write, meta=meta)
+    return meta["report"]
+
+
+def _engine_in(pruner: PrunerSpec, cache: ArtifactCache):
+    """The pruner's engine options with the disk buffers in the run cache unless a folder is set (the cache key
+    is computed before: where the buffers live changes no number)."""
+    if pruner.engine.buffer_dir is not None:
+        return pruner.engine
+    return dataclasses.replace(pruner.engine, buffer_dir=str(cache.path("pruned", ".buffers")))
 
 
 def _log_prune_report(report: dict, logger: Logger) -> None:
@@ -290,4 +356,47 @@ def zeroshot_metrics(scores: dict) -> dict[str, float]:
     return flat
 
 
-__all__ = ["SAMPLES_FILE", "ModelArtifact", "dense_artifact", "eval_stage", "finetune_stage", "load_artifact", "prune_stage"]
+# ----------------------------------------------------------------------------------------------- export
+
+#: the file an export entry of the run cache holds
+GGUF_FILE = "model.gguf"
+
+
+def export_stage(source: ModelArtifact, model: ModelSpec, export: ExportSpec, *, cache: ArtifactCache,
+                 logger: Logger) -> ExportEntry:
+    """Writes ``source`` (the job's final model) as a GGUF file for llama.cpp; returns where, with its sha256
+    and size. Cached by (source, export settings) like the other stages: a second job with the same model and
+    type reuses the file (checked against its recorded sha256). The file appears only complete (the cache's
+    atomic folder)."""
+    key = signature({"source": source.key, "export": spec_dict(export)}, code=EXPORT_CODE)
+    cached = cache.find_dir("gguf", key) is not None
+    if cached:
+        log.info("export: reusing the cached GGUF file %s", cache.path("gguf", key) / GGUF_FILE)
+    else:
+        _export_and_store(source, model, export, cache, key)
+    folder = cache.path("gguf", key)
+    record = cache.marker(folder)[0]["files"][GGUF_FILE]
+    entry = ExportEntry(cached=cached, key=key, path=str(folder / GGUF_FILE), dtype=export.dtype,
+                        sha256=record["sha256"], bytes=record["size"], summary=cache.dir_meta("gguf", key)["summary"])
+    logger.summary({"export/bytes": entry.bytes})
+    return entry
+
+
+def _export_and_store(source: ModelArtifact, model: ModelSpec, export: ExportSpec, cache: ArtifactCache,
+                      key: str) -> None:
+    from slimgpt.export import to_gguf
+
+    net, tokenizer = load_artifact(source, model)
+    meta: dict = {}
+
+    def write(folder: Path) -> None:
+        summary = to_gguf(net, tokenizer, folder / GGUF_FILE, export.dtype, regroup=export.regroup,
+                          pad_ffn=export.pad_ffn, threads=export.threads, name=source.label)
+        meta["summary"] = summary.describe().replace(str(folder / GGUF_FILE), GGUF_FILE)
+        log.info("export: %s", meta["summary"])
+
+    cache.store_dir("gguf", key, write, meta=meta)
+
+
+__all__ = ["SAMPLES_FILE", "ModelArtifact", "dense_artifact", "eval_stage", "export_stage", "finetune_stage",
+           "load_artifact", "prune_stage"]

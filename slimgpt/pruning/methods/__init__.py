@@ -1,6 +1,7 @@
 """Pruning methods, selectable by name (``slimgpt.prune(..., method=NAME)``)."""
 
 from . import slimgpt  # noqa: F401  (registers)
+from . import slimgpt_plus  # noqa: F401  (registers)
 from . import flap  # noqa: F401  (registers)
 from . import flap_sequential  # noqa: F401  (registers)
 from . import llm_pruner  # noqa: F401  (registers)

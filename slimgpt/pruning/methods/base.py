@@ -48,7 +48,13 @@ class Method:
         return False
 
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
+        """The units of ``block`` to remove (``num_remove`` of them; for a balanced query-head block,
+        ``block.groups`` set, query heads freeing ``num_remove`` head slots in a balanced layout:
+        :mod:`slimgpt.pruning.balanced`)."""
         raise NotImplementedError
+
+    def check_granularity(self, granularity: str) -> None:
+        """Refuses a ``head_granularity`` this method cannot prune with (one clear error; default: accepts all)."""
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
         """Hook for whole-model statistics before the layer loop (e.g. gradients for LLM-Pruner)."""
@@ -59,6 +65,17 @@ class Method:
         itself (FLAP's global search) so that ``model`` keeps ``params_after`` parameters; runs after
         :meth:`prepare`. ``None`` (the default): the engine's schedule decides."""
         return None
+
+    def layer_target(self, layer, index: int, ratio: float, inps: torch.Tensor, batches: list,
+                     engine) -> tuple[float, int | None]:
+        """Hook before decoder layer ``index`` is pruned (``inps: [n, L, hidden]`` its inputs, ``batches`` the
+        engine's calibration batches, ``engine`` its options): the layer's ratio and, optionally, the attention
+        units to remove (the FFN then takes the rest of the layer's budget). Default: ``(ratio, None)``."""
+        return ratio, None
+
+    def finish_layer(self, layer, index: int, inps: torch.Tensor) -> None:
+        """Hook after decoder layer ``index`` is pruned, with its outputs ``inps: [n, L, hidden]`` (the next
+        layer's inputs; a method may correct the layer and them in place). Default: nothing."""
 
     def options(self) -> dict:
         """The method's options as a plain dict (the report records it)."""

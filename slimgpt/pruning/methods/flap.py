@@ -30,8 +30,8 @@ Where this differs from the released code (each recorded here, none changes the 
   running update that leaves out the first sequence's deviations; its scale is a per-layer constant, which
   the standardisation removes. The released mean for the bias is stored in fp16; ours stays fp32.
 - Units are KV groups (``head_granularity="kv_group"``): the released code is for multi-head attention, where
-  a KV group is one head. ``query_head`` is refused (a query head frees its KV head only with its whole group,
-  so its parameter weight is not fixed).
+  a KV group is one head. ``query_head`` and ``balanced_query_head`` are refused before any statistics (a
+  query head frees its KV head only with its whole group, so its parameter weight is not fixed).
 """
 
 from dataclasses import dataclass
@@ -80,6 +80,12 @@ class FLAP(Method):
     def adds_bias(self) -> bool:
         return self.bias_compensation
 
+    def check_granularity(self, granularity: str) -> None:
+        """Only whole KV groups: the global search needs a fixed parameter weight per unit."""
+        if granularity != "kv_group":
+            raise ValueError(f"flap's global structure search prunes whole KV groups; head_granularity "
+                             f"{granularity!r} is not supported (use kv_group, or flap_sequential)")
+
     def prepare(self, model, calibration: torch.Tensor) -> None:
         self._stats, self._plan = dense_statistics(model, calibration), None
 
@@ -89,9 +95,7 @@ class FLAP(Method):
         parameters (as close as whole units allow); layers outside ``layer_range`` keep every unit."""
         if self._stats is None:
             raise RuntimeError("flap: prepare(model, calibration) must run before plan (the engine does)")
-        if granularity != "kv_group":
-            raise ValueError(f"flap's global structure search prunes whole KV groups; head_granularity "
-                             f"{granularity!r} is not supported (use kv_group, or flap_sequential)")
+        self.check_granularity(granularity)
         layers = model.model.layers
         start, end = layer_range if layer_range is not None else (0, len(layers))
         blocks, weights = [], []

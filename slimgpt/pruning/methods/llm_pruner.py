@@ -15,6 +15,17 @@ o_proj/down_proj — ``element*`` takes ``Σ |s|`` over the vector and ``vector`
 released code's ``param_*`` / ``vectorize`` modes; the paper's vector-wise importance is per structure, not
 over the whole group). A unit's (head's, KV group's, channel's) importance is the **sum** over all its
 structure vectors: its o_proj/down_proj columns and its coupled rows (LLM-Pruner's default aggregation).
+
+GQA (``gqa_scores``). The released GQA path (``llama3.py``: torch-pruning groups rooted at ``k_proj`` with
+``consecutive_groups = head_dim``) removes a key-value head with its own query heads ``j·g … j·g + g − 1``
+(``g`` query heads per kv head), but scores it otherwise: its importance code folds every member vector
+longer than the group's shortest one as ``v.view(-1, m).sum(0)`` (``m = kv_heads · head_dim``, the k/v
+rows), so kv head ``j`` is scored with the q rows and o_proj columns of query heads
+``j, j + kv_heads, j + 2·kv_heads, …`` (:func:`released_alignment`). ``gqa_scores="released"`` (default)
+reproduces that; ``"aligned"`` scores a kv group with its own query heads (what this module did before; the
+same where there is no GQA, for FFN channels and for ``query_head`` units). Checked against the released
+code on SmolLM2-135M: identical kv-group and channel importances and the same units removed
+(``benchmarks/results/llm_pruner_fidelity.md``).
 Biases are not scored (the released code scores weights only). Importances are computed once, on the dense
 model, and reduced to one number per row/column per module at once (``[out]`` or ``[in]`` per
 ``(layer index, module name)``), so the gradients are freed before the first layer is pruned.
@@ -44,6 +55,7 @@ from .base import register
 from .scoring import ScoredMethod, unit_sum
 
 VARIANTS = ("element1", "element2", "vector")
+GQA_SCORES = ("released", "aligned")
 #: modules scored by output rows (pruned with a head / channel) and by input columns (the ``out_proj``s)
 ROW_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
 COLUMN_MODULES = ("self_attn.o_proj", "mlp.down_proj")
@@ -56,16 +68,22 @@ class LLMPruner(ScoredMethod):
 
     Options (the dataclass fields):
         variant: "element1" (default, the paper's main setting), "element2" or "vector" (see module doc).
+        gqa_scores: how a key-value group's score takes its query heads under GQA (see module doc):
+            "released" (default: as the released ``llama3.py`` computes it, query heads ``j, j + kv, …``) or
+            "aligned" (the group's own query heads ``j·g … j·g + g − 1``).
     """
 
     name = "llm_pruner"
     needs_inputs = False
 
     variant: str = "element1"
+    gqa_scores: str = "released"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown llm_pruner variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.gqa_scores not in GQA_SCORES:
+            raise ValueError(f"unknown llm_pruner gqa_scores {self.gqa_scores!r}; choose one of {', '.join(GQA_SCORES)}")
         self._layers, self._importance = None, None  # set by prepare: not options, so not dataclass fields
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
@@ -79,10 +97,34 @@ class LLMPruner(ScoredMethod):
             raise RuntimeError("llm_pruner: prepare(model, calibration) must run before scoring (the engine does)")
         importance, layer = self._importance, self._layers[block.layer]
         names = {id(module): name for name, module in layer.named_modules()}
-        total = unit_sum(importance[(block.layer, names[id(block.out_proj)])], block.units)
-        for linear, rows in block.coupled:
-            total = total + unit_sum(importance[(block.layer, names[id(linear)])], rows)
-        return total
+        members = [(importance[(block.layer, names[id(linear)])], index)
+                   for linear, index in [(block.out_proj, block.units), *block.coupled]]
+        if self.gqa_scores == "released":
+            members = released_alignment(members)
+        return sum(unit_sum(vector, index) for vector, index in members)
+
+
+def released_alignment(members: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The released code's alignment of a group's importance vectors (torch-pruning's ``TaylorImportance``).
+
+    ``members``: ``(vector [n_m], index [u, s_m])`` per member of a block: the importance of every row/column
+    of the module and the unit's indices into it. The released code folds every vector longer than the
+    shortest one (length ``m``) as ``vector.view(-1, m).sum(0)`` (a vector whose length is not a multiple of
+    ``m`` is dropped) and indexes all by the shortest member's unit indices. Under GQA (kv_group units) the
+    shortest members are k/v (``m = kv_heads · head_dim``), so kv group ``j`` is scored with k/v head ``j``
+    plus the q rows / o columns of query heads ``j, j + kv_heads, j + 2·kv_heads, …`` — while the pruning
+    removes query heads ``j·g … j·g + g − 1``. Where all members have one length (MLP, MHA, query_head
+    units) the members are returned unchanged.
+    """
+    m = min(vector.numel() for vector, _ in members)
+    base = next(index for vector, index in members if vector.numel() == m)  # [u, s]
+    aligned = []
+    for vector, index in members:
+        if vector.numel() == m:
+            aligned.append((vector, index))
+        elif vector.numel() % m == 0:
+            aligned.append((vector.view(-1, m).sum(0), base))
+    return aligned
 
 
 def taylor_importance(

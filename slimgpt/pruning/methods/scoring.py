@@ -7,6 +7,7 @@ its coupled rows, so the helpers here reduce ``[cols]`` / ``[rows]`` vectors to 
 
 import torch
 
+from ..balanced import group_sizes, layouts_freeing, lowest_balanced
 from ..stats import InputStats
 from ..structures import Block
 from .base import Method, Selection
@@ -44,7 +45,11 @@ class ScoredMethod(Method):
 
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
         scores = self.scores(block, stats)
-        removed = lowest(scores, num_remove)
+        if block.groups is None:
+            removed = lowest(scores, num_remove)
+        else:  # balanced query heads: num_remove counts head slots
+            layouts = layouts_freeing(group_sizes(block.groups), num_remove)
+            removed, _ = lowest_balanced(scores, block.groups, layouts)
         kept = torch.ones(scores.numel(), dtype=torch.bool)
         kept[removed] = False
         info = {"min_kept_score": float(scores[kept].min())}

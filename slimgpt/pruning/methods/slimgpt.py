@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ..balanced import group_sizes, layouts_freeing, obs_prune_balanced
 from ..obs import HEAD_SCORES, dynamic_group_sizes, obs_prune
 from ..stats import InputStats
 from ..structures import Block
@@ -57,10 +58,24 @@ class SlimGPT(Method):
         return dynamic_group_sizes(num_remove, self.ffn_max_group, self.ffn_min_group)
 
     def select(self, block: Block, stats: InputStats | None, num_remove: int) -> Selection:
+        if block.groups is not None:
+            return self.select_balanced(block, stats, num_remove)
         result = obs_prune(
             block.out_proj.weight, stats.hessian, block.units, self.steps(block, num_remove),
             score=self.head_score if block.kind == "attention" else "cholesky", damp=self.damp,
             refresh_every=self.inverse_refresh,
         )
         info = {"obs_error": result.error, "damp": result.damp, "steps": result.steps}
+        return Selection(result.removed, weight=result.weight, info=info)
+
+    def select_balanced(self, block: Block, stats: InputStats, num_slots: int) -> Selection:
+        """Query heads freeing ``num_slots`` head slots in a balanced layout: every candidate layout pruned by
+        greedy OBS (``obs_prune_balanced``), the one with the least OBS error kept."""
+        layouts = layouts_freeing(group_sizes(block.groups), num_slots)
+        result, layout = obs_prune_balanced(
+            block.out_proj.weight, stats.hessian, block.units, block.groups, layouts, score=self.head_score,
+            damp=self.damp, refresh_every=self.inverse_refresh, head_step=self.head_step,
+        )
+        info = {"obs_error": result.error, "damp": result.damp, "steps": result.steps, "layout": str(layout),
+                "layouts": len(layouts)}
         return Selection(result.removed, weight=result.weight, info=info)
