@@ -61,6 +61,8 @@ def setting(record: RunRecord) -> str:
     layer_range = record.spec("pruner.engine.layer_range")
     layers = f"layers {layer_range[0]}-{layer_range[1] - 1}" if layer_range else "all layers"
     schedule = OWN_ALLOCATION.get(record.spec("pruner.method"), record.spec("schedule.name"))
+    if record.spec("pruner.options.layer_ratios") not in (None, "schedule"):  # slimgpt+: measured allocation
+        schedule = f"layer ratios: {record.spec('pruner.options.layer_ratios')}"
     return f"{schedule}, {layers}, calib {calibration(record)}"
 
 
