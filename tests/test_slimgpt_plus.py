@@ -38,7 +38,7 @@ def test_all_options_off_is_slimgpt_bit_for_bit(granularity):
 def test_slimgpt_plus_changes_the_model():
     plain, _ = _pruned("slimgpt", head_granularity="query_head")
     plus, report = _pruned("slimgpt_plus", head_granularity="query_head")
-    assert report.method == "slimgpt_plus" and report.method_options["joint_split"] is True
+    assert report.method == "slimgpt_plus" and report.method_options["layer_ratios"] == "sensitivity"
     assert [l.self_attn.num_heads for l in plain.model.layers] != [l.self_attn.num_heads for l in plus.model.layers]
 
 
@@ -84,7 +84,7 @@ def test_joint_split_picks_the_least_error_split_in_the_engine(monkeypatch):
         return result
 
     monkeypatch.setattr(type(make_method("slimgpt_plus")), "layer_target", spy)
-    model, report = _pruned("slimgpt_plus", head_granularity="query_head")
+    model, report = _pruned("slimgpt_plus", head_granularity="query_head", joint_split=True)
     removed = [l.heads[0] - l.heads[1] for l in report.layers]
     assert removed == chosen  # the engine removed exactly the heads the split chose
     fixed = [engine.head_units(l.target_ratio, 8) for l in report.layers]

@@ -30,7 +30,8 @@ def variant(record: RunRecord) -> str:
     if record.spec("pruner.engine.head_granularity") != "kv_group":
         parts.append(record.spec("pruner.engine.head_granularity"))
     if method in ("slimgpt", "slimgpt_plus"):
-        parts += [SHORT[k] for k, off in OFF.items() if k in options and options[k] != off]
+        parts += [SHORT[k] + (f"={options[k]}" if k == "refit" else "")
+                  for k, off in OFF.items() if k in options and options[k] != off]
         method = "slimgpt" if parts or method == "slimgpt" else method
         return method + "".join(f" +{p}" for p in parts)
     return method + "".join(f" +{p}" for p in parts)
