@@ -406,9 +406,10 @@ def check_table(model: CostModel, rows: list[dict], shapes: dict, base: float, f
         mem = memory_bytes(shape, r["samples"], r["seq_len"], 4, 4)
         rss = base + mem["model"] + mem["layer"] + mem["buffers"]
         role = "fit" if r["model"] in fitted else "**check**"
+        fwd = r.get("forward_s")
         body.append([r["model"], role, f"{r['ratio']:.0%}", f"{r['prune_s']:.0f}", f"{p['prune']:.0f}",
-                     f"{100 * (p['prune'] / r['prune_s'] - 1):+.0f}%", f"{r['forward_s']:.0f}",
-                     f"{p['forward']:.0f}", f"{100 * (p['forward'] / r['forward_s'] - 1):+.0f}%",
+                     f"{100 * (p['prune'] / r['prune_s'] - 1):+.0f}%", f"{fwd:.0f}" if fwd else "-",
+                     f"{p['forward']:.0f}", f"{100 * (p['forward'] / fwd - 1):+.0f}%" if fwd else "-",
                      f"{r['prune_peak_rss_mb'] / 1024:.2f}", f"{rss / 2**30:.2f}",
                      f"{100 * (rss / 2**20 / r['prune_peak_rss_mb'] - 1):+.0f}%"])
     header = ["model", "role", "ratio", "prune s measured", "predicted", "error", "dense fwd s measured",
@@ -471,8 +472,8 @@ def report(args: argparse.Namespace) -> None:
 
     rows = json.loads((args.out / "prune_scaling.json").read_text())
     shapes = {r["model"]: Shape(**r["shape"]) for r in rows}
-    pruned = [r for r in rows if r["ratio"] > 0 and r["path"] == "in_memory" and "forward_s" in r]
-    fit_rows = [r for r in pruned if r["model"] in args.fit]
+    pruned = [r for r in rows if r["ratio"] > 0 and r["path"] == "in_memory"]
+    fit_rows = [r for r in pruned if r["model"] in args.fit and "forward_s" in r]
     model = fit_cost_model(fit_rows, shapes)
     base = host_memory_fit(fit_rows, shapes)
     cpu_peak = float(np.median([r["cpu_matmul_flops"] for r in rows]))

@@ -57,7 +57,7 @@ class SlimGPTPlus(SlimGPT):
 
     head_score: str = "exact"
     joint_split: bool = True
-    layer_ratios: str = "schedule"
+    layer_ratios: str = "sensitivity"
     refit: str = "none"
 
     def __post_init__(self):
