@@ -64,16 +64,18 @@ def rows(records: list[RunRecord]) -> list[dict]:
 
 
 def figure(table: list[dict], dense: dict, out: Path) -> None:
-    """Perplexity (log) per variant, one panel per ratio of the first model and calibration, both corpora."""
+    """Perplexity (log) per variant, one panel per ratio, for the model and calibration with the most rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = table[0]
+    settings = [(x["model"], x["calib"]) for x in table]
+    model, calibration = max(set(settings), key=settings.count)
+    first = {"model": model, "calib": calibration}
     keep = [x for x in table if (x["model"], x["calib"]) == (first["model"], first["calib"])]
     ratios = sorted({x["ratio"] for x in keep})
-    fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 5.5), squeeze=False)
     for ax, ratio in zip(axes[0], ratios):
         part = [x for x in keep if x["ratio"] == ratio]
         names = [x["variant"] for x in part]
@@ -86,8 +88,8 @@ def figure(table: list[dict], dense: dict, out: Path) -> None:
         ax.set_xticks([i + 0.2 for i in range(len(part))], names, rotation=25, ha="right", fontsize=8)
         ax.set_yscale("log")
         ax.set_title(f"{first['model']}, {ratio} of total parameters")
-        ax.set_ylabel("held-out perplexity (8,192 tokens, seq_len 128)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("held-out perplexity (8,192 tokens, seq_len 128)")
     fig.suptitle(f"slimgpt vs slimgpt+ components, calibration {first['calib']}, no recovery", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
