@@ -218,6 +218,21 @@ def test_flap_refuses_query_head_units_and_a_plan_before_prepare():
         FLAP().plan(slim_tiny(num_layers=2), 1000, "kv_group", None)
 
 
+def test_flap_refuses_aligned_widths_before_any_weight_changes_and_at_config_time():
+    from slimgpt.pruning.options import EngineOptions
+    from slimgpt.runner.specs import PrunerSpec
+
+    model = slim_tiny(num_layers=2)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    with pytest.raises(ValueError, match="plans every layer's width itself; width_multiple=32"):
+        slimgpt.prune(model, CALIB, 0.2, method="flap", width_multiple=32, progress=False)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="width_multiple=32"):
+        PrunerSpec(method="flap", ratio=0.2, engine=EngineOptions(width_multiple=32))
+    PrunerSpec(method="flap_sequential", ratio=0.2, engine=EngineOptions(width_multiple=32))  # follows the schedule
+
+
 def test_layer_range_limits_the_search_to_the_pruned_layers():
     model = slim_tiny(num_layers=4)
     report = slimgpt.prune(model, CALIB, 0.2, method="flap", layer_range=(1, 3), batch_size=4, progress=False)

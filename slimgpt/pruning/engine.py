@@ -132,7 +132,7 @@ def prune_model(
             default: the layers of ``model`` in memory (streaming passes its own).
     """
     check_inputs(model, calibration, ratio, ratio_of)
-    method.check_granularity(engine.head_granularity)
+    method.check_engine(engine)
     if model.config.is_pruned():
         log.warning("this model was pruned before (per-layer widths differ); pruning it again removes "
                     "%s of its *current* parameters", f"{ratio:.1%}")

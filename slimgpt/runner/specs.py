@@ -112,7 +112,7 @@ class PrunerSpec:
         engine = self.engine if isinstance(self.engine, EngineOptions) else EngineOptions.from_dict(_plain(self.engine))
         options = self.options if isinstance(self.options, Method) else make_method(self.method, _plain(self.options))
         _require(options.name == self.method, f"pruner.options are those of method '{options.name}', not '{self.method}'")
-        options.check_granularity(engine.head_granularity)
+        options.check_engine(engine)
         object.__setattr__(self, "engine", engine)
         object.__setattr__(self, "options", options)
 

@@ -56,6 +56,15 @@ class Method:
     def check_granularity(self, granularity: str) -> None:
         """Refuses a ``head_granularity`` this method cannot prune with (one clear error; default: accepts all)."""
 
+    def check_engine(self, engine) -> None:
+        """Refuses engine options (``EngineOptions``) this method cannot prune with, one clear error each: its
+        head granularity (:meth:`check_granularity`) and, for a method that plans every layer's width itself
+        (:meth:`plan`), aligned FFN widths (``width_multiple > 1``: its plan does not round to a multiple)."""
+        self.check_granularity(engine.head_granularity)
+        if engine.width_multiple > 1 and type(self).plan is not Method.plan:
+            raise ValueError(f"method '{self.name}' plans every layer's width itself; width_multiple="
+                             f"{engine.width_multiple} is not supported with it (use 1)")
+
     def prepare(self, model, calibration: torch.Tensor) -> None:
         """Hook for whole-model statistics before the layer loop (e.g. gradients for LLM-Pruner)."""
 
