@@ -22,8 +22,9 @@ measured model against its measurement, predicts LLaMA-7B / 13B / 70B on two GPU
 The cost model (FLOP counts of a model shape, :func:`cost_features`): the statistics phase costs
 ``a·F_fwd + b·F_hess`` (the layer forwards, ``2·tokens·params`` plus attention scores, and the Hessian
 accumulation ``2·tokens·d²`` for the inputs of ``o_proj`` (d = hidden) and ``down_proj`` (d = FFN)); the
-selection phase ``c·F_obs`` (the OBS solves: ``d³`` per inverse, recomputed every 8 greedy steps, whose number
-grows with the channels removed, plus ``d²`` per channel for the downdates; :func:`obs_flops`); the output
+selection phase ``c·F_obs`` (the OBS solves on the columns still alive: ``a³`` per inverse, recomputed every 8
+greedy steps, whose number grows with the channels removed, plus ``a²`` per channel for the downdates;
+:func:`obs_flops`); the output
 phase ``e·F_out`` (the compensated ``down_proj`` on the
 kept channels). Coefficients are fitted by non-negative least squares (:func:`fit_nonnegative`).
 """
@@ -97,9 +98,10 @@ def obs_flops(shape: Shape, ratio: float, layers: int | None = None, refresh: in
     """Nominal FLOPs of the OBS selection of a ``log_increase`` prune at mean layer ratio ``ratio``.
 
     Per layer ``i`` (ratio ``r_i`` of the schedule, ``k_i = r_i · ffn`` channels removed in the Dynamic Group
-    Size steps ``g_1..g_s`` of the released code): ``hidden³`` (the heads' inverse) + ``(1 + (s - 1) // refresh)
-    · ffn³`` (the FFN inverse, recomputed every ``refresh`` greedy steps) + ``ffn² · k_i`` (the downdates,
-    ``ffn² · g`` per step).
+    Size steps ``g_1..g_s`` of the released code): ``hidden³`` (the heads' inverse), and for the FFN greedy,
+    which works on the ``a_t`` channels still alive before step ``t`` (``a_1 = ffn``, ``a_{t+1} = a_t - g_t``):
+    ``a_t³`` for the inverse at the first step and every ``refresh`` steps after it, plus ``a_t² · g_t`` for the
+    downdate of every step.
     """
     from slimgpt.pruning.obs import dynamic_group_sizes
     from slimgpt.pruning.schedules import layer_ratios
@@ -109,8 +111,13 @@ def obs_flops(shape: Shape, ratio: float, layers: int | None = None, refresh: in
     total = 0.0
     for r in layer_ratios("log_increase", ratio, [1.0] * n):
         removed = round(r * f)
-        steps = len(dynamic_group_sizes(removed)) if removed else 0
-        total += h ** 3 + (1 + max(steps - 1, 0) // refresh) * f ** 3 + f ** 2 * removed
+        alive = f
+        total += h ** 3 + (0 if removed else f ** 3)
+        for step, group in enumerate(dynamic_group_sizes(removed) if removed else []):
+            if step % refresh == 0:
+                total += alive ** 3
+            total += alive ** 2 * group
+            alive -= group
     return total
 
 

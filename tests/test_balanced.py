@@ -245,17 +245,27 @@ def test_a_method_that_ignores_the_constraint_is_caught(family):
 
 # ---------------------------------------------------------------------------- kv_group and query_head unchanged
 
-#: sha256 (first 16 hex digits) of the pruned weights, recorded with the code before balanced_query_head existed
+#: sha256 (first 16 hex digits) of the pruned weights with one torch thread (the reductions, and so the bits,
+#: depend on the thread count). Recorded with the code before balanced_query_head existed; the slimgpt rows were
+#: re-recorded when the greedy OBS loop moved to the alive columns only (same bits as before with one thread).
 HASHES = {
-    ("llama", "kv_group", "cholesky"): "fe2c439b4702227c", ("llama", "kv_group", "exact"): "4ede83953e715d12",
-    ("llama", "query_head", "cholesky"): "0909ed61a6ae6c3d", ("qwen2", "kv_group", "cholesky"): "8dcd33715b3246c0",
-    ("qwen2", "query_head", "cholesky"): "e183510bec22b243", ("llama", "kv_group", "wanda_sp"): "6f9e05b8c01e52e3",
+    ("llama", "kv_group", "cholesky"): "6b9ef22ddbe03f07", ("llama", "kv_group", "exact"): "8e36fff3c60f4010",
+    ("llama", "query_head", "cholesky"): "5aa4fcb19cd2c7e6", ("qwen2", "kv_group", "cholesky"): "42368e058737e7ab",
+    ("qwen2", "query_head", "cholesky"): "6ee0a18ef4b21362", ("llama", "kv_group", "wanda_sp"): "6f9e05b8c01e52e3",
     ("llama", "query_head", "wanda_sp"): "dba5341d87f8101f", ("qwen2", "query_head", "wanda_sp"): "f79606560d959b3d",
 }
 
 
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("key", sorted(HASHES))
-def test_kv_group_and_query_head_are_bit_identical(key):
+def test_kv_group_and_query_head_are_bit_identical(key, one_thread):
     family, granularity, variant = key
     model = slim_tiny(family)
     options = {"method": "wanda_sp"} if variant == "wanda_sp" else {"method": "slimgpt", "head_score": variant}

@@ -118,3 +118,21 @@ def test_downdated_inverse_equals_recomputing_it_every_step():
     assert downdated.removed == fresh.removed
     torch.testing.assert_close(downdated.weight, fresh.weight, rtol=1e-4, atol=1e-5)
     assert downdated.error == pytest.approx(fresh.error, rel=1e-4)
+
+
+@pytest.mark.parametrize("unit_cols", [1, 3])
+def test_alive_only_loop_matches_one_joint_removal(unit_cols):
+    """The greedy loop drops removed columns after every step (positions remapped, refreshes on ``H_RR``): the
+    final weight must equal one joint OBS removal of the chosen units from the dense problem, whatever the
+    refresh period, and the units kept in place must be the original columns."""
+    W, H, _ = _problem(rows=5, cols=24, seed=7)
+    units = torch.arange(24).view(-1, unit_cols).flip(0)  # units not in column order: positions must be remapped
+    steps = [2, 1, 3, 1] if unit_cols == 1 else [1, 2, 1]
+    runs = [obs_prune(W, H, units, steps, damp=0.01, refresh_every=r) for r in (0, 1, 2)]
+    for res in runs[1:]:
+        assert res.removed == runs[0].removed
+        torch.testing.assert_close(res.weight, runs[0].weight, rtol=1e-4, atol=1e-5)
+    chosen = runs[0].removed
+    joint = obs_prune(W, H, units[chosen], [len(chosen)], damp=0.01)
+    torch.testing.assert_close(runs[0].weight, joint.weight, rtol=1e-4, atol=1e-4)
+    assert runs[0].error == pytest.approx(joint.error, rel=1e-4)

@@ -32,9 +32,14 @@ def test_cost_features_scale_as_the_model_says():
 
 def test_obs_flops_count_inverse_refreshes_and_downdates():
     one = scaling.Shape("one", 1, 8, 2, 1, 2000, 10)
-    # one layer at ratio 0.5: 1000 channels in the Dynamic Group Size steps 244, 64 × 11, 52 = 13 steps
-    assert scaling.obs_flops(one, 0.5) == 8 ** 3 + (1 + 12 // 8) * 2000 ** 3 + 2000 ** 2 * 1000
-    assert scaling.obs_flops(one, 0.5, refresh=1) == 8 ** 3 + 13 * 2000 ** 3 + 2000 ** 2 * 1000
+    # one layer at ratio 0.5: 1000 channels in the Dynamic Group Size steps 244, 64 × 11, 52 = 13 steps, each on
+    # the channels still alive; inverses at steps 0 and 8
+    alive = [2000 - 244 - 64 * t for t in range(-1, 12)]
+    alive[0] = 2000
+    steps = [244] + [64] * 11 + [52]
+    downdates = sum(a ** 2 * g for a, g in zip(alive, steps))
+    assert scaling.obs_flops(one, 0.5) == 8 ** 3 + alive[0] ** 3 + alive[8] ** 3 + downdates
+    assert scaling.obs_flops(one, 0.5, refresh=1) == 8 ** 3 + sum(a ** 3 for a in alive) + downdates
     assert scaling.obs_flops(MID, 0.5) > scaling.obs_flops(MID, 0.2) > 0
 
 

