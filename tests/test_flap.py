@@ -233,6 +233,19 @@ def test_flap_refuses_aligned_widths_before_any_weight_changes_and_at_config_tim
     PrunerSpec(method="flap_sequential", ratio=0.2, engine=EngineOptions(width_multiple=32))  # follows the schedule
 
 
+def test_the_schedule_does_not_constrain_flap_whose_global_plan_replaces_it():
+    """A schedule that cannot reach the ratio (a layer would need a ratio >= 1) stops the schedule-following
+    methods up front, but not FLAP: its global search sets every layer's width, and the schedule is not used."""
+    with pytest.raises(ValueError, match="linear_increase"):
+        slimgpt.prune(slim_tiny(num_layers=2), CALIB, 0.6, method="flap_sequential", schedule="linear_increase",
+                      ratio_of="layers", progress=False)
+    report = slimgpt.prune(slim_tiny(num_layers=2), CALIB, 0.6, schedule="linear_increase", method="flap",
+                           ratio_of="layers", batch_size=4, progress=False)
+    assert report.schedule == "planned by flap"
+    assert sum(r.params[0] - r.params[1] for r in report.layers) / sum(r.params[0] for r in report.layers) \
+        == pytest.approx(0.6, abs=0.02)
+
+
 def test_layer_range_limits_the_search_to_the_pruned_layers():
     model = slim_tiny(num_layers=4)
     report = slimgpt.prune(model, CALIB, 0.2, method="flap", layer_range=(1, 3), batch_size=4, progress=False)

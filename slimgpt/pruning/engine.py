@@ -140,8 +140,11 @@ def prune_model(
     layers = model.model.layers
     weights = [layer_prunable_params(layer) for layer in layers]
     params_before = count_params(model)
-    ratios = plan_ratios(ratio, ratio_of, params_before, weights, schedule, engine.layer_range)
-    check_feasible(model, ratios, engine)
+    if pruner.plans_widths:  # its plan replaces the schedule's ratios (placeholders until then; not checked)
+        ratios = plan_ratios(ratio, ratio_of, params_before, weights, Schedule("uniform"), engine.layer_range)
+    else:
+        ratios = plan_ratios(ratio, ratio_of, params_before, weights, schedule, engine.layer_range)
+        check_feasible(model, ratios, engine)
     if pruner.adds_bias:
         add_output_biases(model)
     device = torch.device(engine.device or ("cuda" if torch.cuda.is_available() else "cpu"))

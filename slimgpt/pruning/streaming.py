@@ -175,7 +175,7 @@ def skeleton(folder: Path, reader: ShardReader, dtype: torch.dtype) -> SlimGPTFo
 def check_streamable(method: Method) -> None:
     """Streaming has one layer in memory at a time: a method that needs the whole model before the loop
     (``prepare``/``plan``: LLM-Pruner's gradients, FLAP's global search) cannot stream."""
-    if type(method).prepare is not Method.prepare or type(method).plan is not Method.plan:
+    if type(method).prepare is not Method.prepare or method.plans_widths:
         raise ValueError(f"method '{method.name}' needs the whole model before the layer loop (whole-model "
                          "statistics or a global plan), so it cannot stream; prune it in memory "
                          "(slimgpt.prune, model.streaming=false)")

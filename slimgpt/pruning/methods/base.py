@@ -61,9 +61,15 @@ class Method:
         head granularity (:meth:`check_granularity`) and, for a method that plans every layer's width itself
         (:meth:`plan`), aligned FFN widths (``width_multiple > 1``: its plan does not round to a multiple)."""
         self.check_granularity(engine.head_granularity)
-        if engine.width_multiple > 1 and type(self).plan is not Method.plan:
+        if engine.width_multiple > 1 and self.plans_widths:
             raise ValueError(f"method '{self.name}' plans every layer's width itself; width_multiple="
                              f"{engine.width_multiple} is not supported with it (use 1)")
+
+    @property
+    def plans_widths(self) -> bool:
+        """Whether this method decides every layer's width itself (it overrides :meth:`plan`): the engine's
+        schedule, and its per-layer feasibility check, do not apply to it."""
+        return type(self).plan is not Method.plan
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
         """Hook for whole-model statistics before the layer loop (e.g. gradients for LLM-Pruner)."""
