@@ -41,6 +41,10 @@ class Method:
     needs_hessian: ClassVar[bool] = False
     #: whether the engine must run calibration data through each block at all
     needs_inputs: ClassVar[bool] = True
+    #: whether :meth:`plan` decides every layer's width (FLAP's global search): the engine's schedule and its
+    #: per-layer feasibility check then do not apply. A method whose ``plan`` only prepares state and returns
+    #: ``None`` (slimgpt+'s sensitivity pass) leaves it False and keeps the schedule.
+    plans_widths: ClassVar[bool] = False
 
     @property
     def adds_bias(self) -> bool:
@@ -64,12 +68,6 @@ class Method:
         if engine.width_multiple > 1 and self.plans_widths:
             raise ValueError(f"method '{self.name}' plans every layer's width itself; width_multiple="
                              f"{engine.width_multiple} is not supported with it (use 1)")
-
-    @property
-    def plans_widths(self) -> bool:
-        """Whether this method decides every layer's width itself (it overrides :meth:`plan`): the engine's
-        schedule, and its per-layer feasibility check, do not apply to it."""
-        return type(self).plan is not Method.plan
 
     def prepare(self, model, calibration: torch.Tensor) -> None:
         """Hook for whole-model statistics before the layer loop (e.g. gradients for LLM-Pruner)."""

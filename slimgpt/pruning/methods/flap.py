@@ -66,6 +66,7 @@ class FLAP(Method):
     """
 
     name = "flap"
+    plans_widths = True
     needs_inputs = False
 
     bias_compensation: bool = True
