@@ -9,6 +9,7 @@ from slimgpt import studies
 from slimgpt.runner.cli import build_job, compose_config
 from slimgpt.runner.loggers import NoneLogger
 from slimgpt.runner.pipeline import run_job
+from slimgpt.runner.record import RunRecord
 from slimgpt.studies import table1
 
 SMOKE = ["experiment=paper_table1", "debug=default", "finetune=none", "schedule=uniform",
@@ -29,6 +30,30 @@ def runs(tmp_path_factory):
     for index, (method, ratio) in enumerate([("slimgpt", 0.2), ("wanda_sp", 0.2), ("slimgpt", 0.3)], start=2):
         run(tmp, index, f"pruner={method}", f"pruner.ratio={ratio}", "eval.zeroshot.limit=6")
     return tmp
+
+
+def test_a_study_keeps_its_records_and_is_redrawn_and_extended_without_the_sweeps(runs, tmp_path):
+    """(Runs before the test below, which deletes the run cache's per-question results.)"""
+    whole = studies.make_study("table1", [runs / "runs"], tmp_path / "whole")
+    out = tmp_path / "figures"
+    studies.make_study("table1", [runs / "runs" / "0", runs / "runs" / "2"], out)
+    stored = sorted((out / "records").glob("*/results.json"))
+    assert len(stored) == 2 and all(RunRecord.load(path).status == "done" for path in stored)
+    later = tmp_path / "later"  # a later sweep; the first two rows only in out/records
+    shutil.copytree(runs / "runs", later, ignore=lambda folder, names: [n for n in names if n in ("0", "1", "2")])
+    assert studies.make_study("table1", [later], out) == whole
+    assert len(list((out / "records").glob("*/results.json"))) == len(list((tmp_path / "whole" / "records").iterdir()))
+
+
+def test_a_folder_of_key_rows_alone_is_a_key_row_table(runs, tmp_path, monkeypatch):
+    """Records that all used one limit are key rows when it reaches KEY_ROW_QUESTIONS (the key_rows folder)."""
+    only_six = tmp_path / "six"
+    shutil.copytree(runs / "runs", only_six, ignore=lambda folder, names: [n for n in names if n in ("0", "1")])
+    assert "paired" not in studies.make_study("table1", [only_six], tmp_path / "a").lower()
+    monkeypatch.setattr(table1, "KEY_ROW_QUESTIONS", 6)
+    text = studies.make_study("table1", [only_six], tmp_path / "b")
+    assert text.startswith("| ratio | method | setting | params |") and "30% slimgpt vs dense" in text
+    assert "Key rows: zero-shot on the first 6 questions per task" in text
 
 
 def test_key_rows_get_stderr_and_paired_tests(runs):

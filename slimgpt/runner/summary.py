@@ -73,13 +73,14 @@ def readable_records(paths: Iterable[Path]) -> list[RunRecord]:
 def finished(records: Iterable[RunRecord]) -> list[RunRecord]:
     """The records that finished (status ``done``), each evaluated model once, in the given order.
 
-    A model evaluated by several runs (a re-run, or a job repeated in another sweep folder and served from
-    the run cache) appears once: records are keyed by their final evaluation's signature and evaluation
-    settings (the same model evaluated on more questions is another row).
+    A model evaluated by several runs (a re-run, a job repeated in another sweep folder and served from the
+    run cache, or a study's stored copy of its record) appears once: records are keyed by their final (else
+    dense) evaluation's signature and evaluation settings (the same model evaluated on more questions is
+    another row).
     """
     kept, seen = [], set()
     for record in records:
-        final = record.evaluation("final")
+        final = record.evaluation("final") or record.evaluation("dense")
         identity = (final.key, json.dumps(record.spec("eval"), sort_keys=True, default=str)) if final else id(record)
         if record.status == "done" and identity not in seen:
             seen.add(identity)

@@ -12,7 +12,9 @@ results.json records of its sweep, builds its table and draws its figures with :
     fig3      calibration samples / sequence length: perplexity (and zero-shot average) curves
 
 Writes ``<out>/<study>.md`` (the study table, then the full ``slimgpt-report`` table) and
-``<out>/<study>_*.png``; prints the study table.
+``<out>/<study>_*.png``; prints the study table. Every finished record it used is copied to
+``<out>/records/`` and read back on the next call, so a study can be redrawn, and extended by a new sweep,
+after the sweep folders that made its earlier rows are gone.
 
     slimgpt-figures table6 outputs/multiruns/paper_table6 --out experiments/table6_schedules
 
@@ -21,17 +23,22 @@ into ``out``, returns the markdown text), named in :data:`STUDIES`.
 """
 
 import argparse
+import hashlib
 import importlib
+import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
 from slimgpt.io import write_text_atomic
+from slimgpt.runner.record import RESULTS_FILE, RunRecord
 from slimgpt.runner.summary import finished, readable_records, table_rows, to_markdown
 
 #: The registered studies (module names in this package).
 STUDIES = ("fig2", "table6", "ablation", "table1", "fig3")
+#: Where a study keeps copies of the records it was drawn from (below its ``--out`` folder).
+RECORDS_DIR = "records"
 
 
 def study(name: str) -> ModuleType:
@@ -42,20 +49,31 @@ def study(name: str) -> ModuleType:
 
 
 def make_study(name: str, paths: Iterable[Path], out: Path) -> str:
-    """Writes ``<out>/<name>.md`` and the study's PNGs from the results below ``paths``; returns the table.
+    """Writes ``<out>/<name>.md`` and the study's PNGs from the results below ``paths`` and the records stored
+    in ``<out>/records/`` by earlier calls; stores every finished record used there; returns the table.
 
     Unreadable results.json files are named on stderr and left out.
     """
     module, paths = study(name), list(paths)
-    records = readable_records(paths)
+    stored = out / RECORDS_DIR
+    records = readable_records(paths + ([stored] if stored.is_dir() else []))
     done = finished(records)
     if not done:
         raise ValueError(f"no finished results.json under {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
+    for record in done:
+        record.save(stored / record_id(record) / RESULTS_FILE)
     text = module.make(done, out)
-    full = to_markdown(table_rows(records))
+    full = to_markdown(table_rows(done + [r for r in records if r.status != "done"]))
     write_text_atomic(out / f"{name}.md", f"{text}\n\nAll runs (`slimgpt-report`):\n\n{full}\n")
     return text
+
+
+def record_id(record: RunRecord) -> str:
+    """A stable folder name for a stored record: a hash of its evaluations' signatures and evaluation settings
+    (what :func:`slimgpt.runner.summary.finished` tells records apart by)."""
+    identity = [[e.role, e.key] for e in record.evaluations], record.spec("eval")
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:

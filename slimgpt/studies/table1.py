@@ -109,11 +109,17 @@ def zeroshot_limit(record: RunRecord) -> int | None:
     return record.spec("eval.zeroshot.limit") if record.metric("zeroshot/avg") is not None else None
 
 
+#: Questions per task from which a record is a key row even when every record used that many (a study folder
+#: that holds only the key rows, e.g. experiments/table1_methods/key_rows).
+KEY_ROW_QUESTIONS = 500
+
+
 def split_key_rows(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
     """``(table records, key-row records)``: the key rows are the records evaluated on the most questions per
-    task, when the records use more than one limit; else there are none."""
+    task, when the records use more than one limit or that limit is at least :data:`KEY_ROW_QUESTIONS`; else
+    there are none."""
     limits = {zeroshot_limit(r) for r in records} - {None}
-    if len(limits) < 2:
+    if not limits or (len(limits) < 2 and max(limits) < KEY_ROW_QUESTIONS):
         return records, []
     most = max(limits)
     return [r for r in records if zeroshot_limit(r) != most], [r for r in records if zeroshot_limit(r) == most]
@@ -124,9 +130,10 @@ def make(records: list[RunRecord], out: Path) -> str:
     caption, then the key-row tables (if any)."""
     everything = records
     records, key_rows = split_key_rows(records)
-    text = main_table(records, out)
+    parts = [main_table(records, out)] if records else []
+    parts += [key_row_tables(key_rows, out)] if key_rows else []
     chance = chance_table(everything, out)
-    return text + ("\n\n" + key_row_tables(key_rows, out) if key_rows else "") + (f"\n\n{chance}" if chance else "")
+    return "\n\n".join(parts + ([chance] if chance else []))
 
 
 def chance_table(records: list[RunRecord], out: Path) -> str:
