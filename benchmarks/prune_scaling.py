@@ -415,11 +415,14 @@ def check_table(model: CostModel, rows: list[dict], shapes: dict, base: float, f
         role = "fit" if r["model"] in fitted else "**check**"
         fwd = r.get("forward_s")
         body.append([r["model"], role, f"{r['ratio']:.0%}", f"{r['prune_s']:.0f}", f"{p['prune']:.0f}",
-                     f"{100 * (p['prune'] / r['prune_s'] - 1):+.0f}%", f"{fwd:.0f}" if fwd else "-",
+                     f"{100 * (p['prune'] / r['prune_s'] - 1):+.0f}%",
+                     " / ".join(f"{r[q + '_s']:.0f} vs {p[q]:.0f}" for q in PHASES),
+                     f"{fwd:.0f}" if fwd else "-",
                      f"{p['forward']:.0f}", f"{100 * (p['forward'] / fwd - 1):+.0f}%" if fwd else "-",
                      f"{r['prune_peak_rss_mb'] / 1024:.2f}", f"{rss / 2**30:.2f}",
                      f"{100 * (rss / 2**20 / r['prune_peak_rss_mb'] - 1):+.0f}%"])
-    header = ["model", "role", "ratio", "prune s measured", "predicted", "error", "dense fwd s measured",
+    header = ["model", "role", "ratio", "prune s measured", "predicted", "error",
+              "stats / select / output s: measured vs predicted", "dense fwd s measured",
               "predicted", "error", "peak RSS GB measured", "predicted", "error"]
     return markdown_table(header, body)
 
