@@ -5,6 +5,8 @@
 Writes ``<out>/slimgpt_plus.md`` (one row per model × calibration × ratio × variant: params, held-out perplexity on
 each corpus, its ratio to the faithful slimgpt at the same model, calibration and ratio, prune seconds; then the
 full ``slimgpt-report`` table) and ``<out>/slimgpt_plus_ppl.png`` (perplexity per variant, one panel per ratio).
+The records used are kept in ``<out>/records/`` and read again by the next call (``slimgpt.studies.kept_records``),
+so that a later sweep adds rows to the table without the earlier sweep folders.
 """
 
 import argparse
@@ -12,7 +14,8 @@ from pathlib import Path
 
 from slimgpt.io import write_text_atomic
 from slimgpt.runner.record import RunRecord
-from slimgpt.runner.summary import finished, readable_records, table_rows, to_markdown
+from slimgpt.runner.summary import table_rows, to_markdown
+from slimgpt.studies import kept_records
 from slimgpt.tables import markdown_table
 
 #: slimgpt_plus options with their slimgpt values (an option at this value is not named in the variant)
@@ -48,7 +51,8 @@ def rows(records: list[RunRecord]) -> list[dict]:
     for r in records:
         if r.prune is None:
             continue
-        row = {"model": r.spec("model.name"), "calib": calib(r), "ratio": f"{r.spec('pruner.ratio'):.0%}",
+        of = r.spec("pruner.ratio_of") or "total"
+        row = {"model": r.spec("model.name"), "calib": calib(r), "ratio": f"{r.spec('pruner.ratio'):.0%} of {of}",
                "variant": variant(r), "params": f"{r.metric('params') / 1e6:.1f}M"}
         for corpus in CORPORA:
             row[f"ppl/{corpus}"] = r.metric(f"ppl/{corpus}")
@@ -87,7 +91,7 @@ def figure(table: list[dict], dense: dict, out: Path) -> None:
                 ax.axhline(dense[corpus], linestyle="--", linewidth=1, color=f"C{k}", label=f"dense {corpus}")
         ax.set_xticks([i + 0.2 for i in range(len(part))], names, rotation=25, ha="right", fontsize=8)
         ax.set_yscale("log")
-        ax.set_title(f"{first['model']}, {ratio} of total parameters")
+        ax.set_title(f"{first['model']}, {ratio} parameters")
         ax.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel("held-out perplexity (8,192 tokens, seq_len 128)")
     fig.suptitle(f"slimgpt vs slimgpt+ components, calibration {first['calib']}, no recovery", fontsize=10)
@@ -101,18 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    records = finished(readable_records(args.paths))
+    everything, records = kept_records(args.paths, args.out)
     table = rows(records)
     dense = {}
     for r in records:
         for corpus in CORPORA:
-            dense.setdefault(corpus, r.metric(f"ppl/{corpus}", "dense"))
-    args.out.mkdir(parents=True, exist_ok=True)
+            if dense.get(corpus) is None:
+                dense[corpus] = r.metric(f"ppl/{corpus}", "dense")
     figure(table, dense, args.out / "slimgpt_plus_ppl.png")
     dense_line = ", ".join(f"{c} {v:.4g}" for c, v in dense.items() if v)
     study = markdown_table(list(table[0]), [list(x.values()) for x in table])
     text = (study + f"\n\nDense perplexity: {dense_line}.\n\nAll runs (`slimgpt-report`):\n\n"
-            + to_markdown(table_rows(records)) + "\n")
+            + to_markdown(table_rows(everything)) + "\n")
     write_text_atomic(args.out / "slimgpt_plus.md", text)
     print(study)
     return 0

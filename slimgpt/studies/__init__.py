@@ -50,12 +50,23 @@ def study(name: str) -> ModuleType:
 
 def make_study(name: str, paths: Iterable[Path], out: Path) -> str:
     """Writes ``<out>/<name>.md`` and the study's PNGs from the results below ``paths`` and the records stored
-    in ``<out>/records/`` by earlier calls; stores every finished record used there; returns the table.
+    in ``<out>/records/`` by earlier calls (:func:`kept_records`); returns the table.
 
     Unreadable results.json files are named on stderr and left out.
     """
-    module, paths = study(name), list(paths)
-    stored = out / RECORDS_DIR
+    module = study(name)
+    records, done = kept_records(paths, out)
+    text = module.make(done, out)
+    full = to_markdown(table_rows(done + [r for r in records if r.status != "done"]))
+    write_text_atomic(out / f"{name}.md", f"{text}\n\nAll runs (`slimgpt-report`):\n\n{full}\n")
+    return text
+
+
+def kept_records(paths: Iterable[Path], out: Path) -> tuple[list[RunRecord], list[RunRecord]]:
+    """``(every record, the finished ones)`` below ``paths`` and in ``<out>/records/``; every finished one is
+    (re)stored there, so that the study can be redrawn, and extended by a later sweep, without ``paths``.
+    Raises ``ValueError`` when none finished."""
+    paths, stored = list(paths), out / RECORDS_DIR
     records = readable_records(paths + ([stored] if stored.is_dir() else []))
     done = finished(records)
     if not done:
@@ -63,10 +74,7 @@ def make_study(name: str, paths: Iterable[Path], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     for record in done:
         record.save(stored / record_id(record) / RESULTS_FILE)
-    text = module.make(done, out)
-    full = to_markdown(table_rows(done + [r for r in records if r.status != "done"]))
-    write_text_atomic(out / f"{name}.md", f"{text}\n\nAll runs (`slimgpt-report`):\n\n{full}\n")
-    return text
+    return records, done
 
 
 def record_id(record: RunRecord) -> str:
