@@ -98,16 +98,22 @@ def plot_bars(
     logy: bool = False,
     reference: float | None = None,
     reference_label: str = "dense",
+    errors: Mapping[str, float] | None = None,
 ) -> Path:
-    """A bar per entry of ``values`` (in the given order), its value printed on top; optional reference line.
+    """A bar per entry of ``values`` (in the given order), its value printed on top; optional reference line
+    and error bars (``errors``: the half-width of each bar's interval, by the same names).
 
-    Table 6 (perplexity per schedule, ``logy=True`` with the dense perplexity as ``reference``), ablations.
+    Table 6 (perplexity per schedule, ``logy=True`` with the dense perplexity as ``reference``), ablations,
+    Table 1's key rows (zero-shot accuracy with 95% intervals).
     """
     if not values:
         raise ValueError("plot_bars: no data to plot (an empty mapping)")
+    if errors is not None and set(errors) != set(values):
+        raise ValueError(f"plot_bars: errors name {sorted(errors)}, values name {sorted(values)}; give one per bar")
     fig, ax = plt.subplots(figsize=FIGSIZE)
     names, ys = list(values), [float(v) for v in values.values()]
-    bars = ax.bar(range(len(ys)), ys, color="tab:blue")
+    yerr = None if errors is None else [float(errors[name]) for name in names]
+    bars = ax.bar(range(len(ys)), ys, color="tab:blue", yerr=yerr, capsize=3 if yerr else 0)
     ax.bar_label(bars, labels=[f"{y:.4g}" for y in ys], fontsize=8)
     ax.set_xticks(range(len(ys)), names, rotation=20, ha="right", fontsize=8)
     if reference is not None:

@@ -147,11 +147,12 @@ def test_plot_functions_write_png_files(tmp_path):
                                 caption="caption"),
         plots.plot_layer_curves({"a": [0.1, 0.2], "b": [0.2, 0.1]}, tmp_path / "steps.png", ylabel="r", steps=True),
         plots.plot_bars({"x": 3.0, "y": 30.0}, tmp_path / "bars.png", ylabel="ppl", logy=True, reference=2.0),
+        plots.plot_bars({"x": 0.5, "y": 0.4}, tmp_path / "errors.png", ylabel="acc", errors={"y": 0.03, "x": 0.02}),
         plots.plot_xy({"s": ([64, 16, 32], [3.0, 5.0, 4.0])}, tmp_path / "xy.png", xlabel="n", ylabel="ppl", logx=True),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 1000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "curves.png", "steps.png", "xy.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "curves.png", "errors.png", "steps.png", "xy.png"]
 
 
 @pytest.mark.parametrize("call, message", [
@@ -159,6 +160,7 @@ def test_plot_functions_write_png_files(tmp_path):
     (lambda p: plots.plot_layer_curves({"a": []}, p / "a.png", ylabel="y"), "'a' is empty"),
     (lambda p: plots.plot_xy({"s": ([1, 2], [1])}, p / "a.png", xlabel="x", ylabel="y"), "2 x values but 1"),
     (lambda p: plots.plot_bars({"a": 1.0}, p / "a.pdf", ylabel="y"), "PNG"),
+    (lambda p: plots.plot_bars({"a": 1.0, "b": 2.0}, p / "a.png", ylabel="y", errors={"a": 0.1}), "one per bar"),
 ])
 def test_plot_functions_reject_bad_input_with_a_clear_message(call, message, tmp_path):
     with pytest.raises(ValueError, match=message):

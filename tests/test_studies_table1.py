@@ -54,6 +54,7 @@ def test_a_folder_of_key_rows_alone_is_a_key_row_table(runs, tmp_path, monkeypat
     text = studies.make_study("table1", [only_six], tmp_path / "b")
     assert text.startswith("| ratio | method | setting | params |") and "30% slimgpt vs dense" in text
     assert "Key rows: zero-shot on the first 6 questions per task" in text
+    assert (tmp_path / "b" / "table1_key_rows.png").stat().st_size > 0 and not (tmp_path / "a" / "table1_key_rows.png").exists()
 
 
 def test_key_rows_get_stderr_and_paired_tests(runs):

@@ -200,23 +200,41 @@ def key_row_tables(records: list[RunRecord], out: Path) -> str:
     common_schedule = most_common(r.spec("schedule.name") for r in records)
     dense = next((r for r in records if r.metric("zeroshot/avg", "dense") is not None), None)
     rows, labels = [], {}  # labels: row label -> (model key, limit) of its per-question results
+    averages = {}  # row label -> (zero-shot average, its standard error)
     if dense is not None:
         rows.append(["0%", "dense", "", millions(dense.metric("params", "dense")), dense.metric(key, "dense"),
                      *(with_stderr(dense, t, "dense") for t in [*tasks, "avg"])])
         labels["dense"] = (dense.evaluation("dense").key, zeroshot_limit(dense))
+        averages["dense"] = (dense.metric("zeroshot/avg", "dense"), dense.metric("zeroshot_stderr/avg", "dense"))
     for record in sorted(records, key=lambda r: (r.spec("pruner.ratio"), method_label(r, common_schedule))):
         ratio, method = f"{record.spec('pruner.ratio'):.0%}", method_label(record, common_schedule)
         rows.append([ratio, method + (" +LoRA" if tuned(record) else ""), setting(record),
                      millions(pruned(record).value("params_after")), record.metric(key),
                      *(with_stderr(record, t, "final") for t in [*tasks, "avg"])])
         labels[f"{ratio} {rows[-1][1]}"] = (record.evaluation("final").key, zeroshot_limit(record))
+        averages[f"{ratio} {rows[-1][1]}"] = (record.metric("zeroshot/avg"), record.metric("zeroshot_stderr/avg"))
     limit = zeroshot_limit(records[0])
     table = markdown_table(["ratio", "method", "setting", "params", key, *tasks, "avg"], rows)
     caption = (f"Key rows: zero-shot on the first {limit} questions per task, accuracy ± standard error "
                f"(the average's combines the tasks' as independent).")
     samples = zeroshot_samples(records, out)
     by_label = {label: samples[entry] for label, entry in labels.items() if entry in samples}
+    key_rows_figure(averages, len(tasks), limit, out / "table1_key_rows.png")
     return table + "\n\n" + caption + "\n\n" + significance_table(list(labels), by_label, tasks)
+
+
+def key_rows_figure(averages: dict[str, tuple[float | None, float | None]], tasks: int, limit: int | None,
+                    out: Path) -> None:
+    """``table1_key_rows.png``: each key row's zero-shot average with its 95% interval (±1.96 standard errors),
+    when every row has both (``averages``: row label -> (average, standard error))."""
+    if not averages or any(value is None or stderr is None for value, stderr in averages.values()):
+        return
+    plots.plot_bars({label: value for label, (value, _) in averages.items()}, out,
+                    errors={label: 1.96 * stderr for label, (_, stderr) in averages.items()},
+                    ylabel=f"{tasks}-task zero-shot average", logy=False,
+                    title=f"Table 1 key rows: zero-shot average, {limit} questions per task",
+                    caption="Bars: 95% intervals (±1.96 standard errors, tasks taken as independent). Which "
+                            "differences are real: the paired tests (same questions) in the table.")
 
 
 def row_pairs(labels: list[str]) -> list[tuple[str, str]]:
