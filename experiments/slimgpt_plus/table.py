@@ -56,7 +56,7 @@ def rows(records: list[RunRecord]) -> list[dict]:
                "variant": variant(r), "params": f"{r.metric('params') / 1e6:.1f}M"}
         for corpus in CORPORA:
             row[f"ppl/{corpus}"] = r.metric(f"ppl/{corpus}")
-        row["prune s"] = round(r.timings.get("prune", 0))
+        row["prune s"] = round(r.prune.value("seconds") or 0)  # the prune's own time, also when served from the cache
         out.append(row)
     base = {(x["model"], x["calib"], x["ratio"]): x for x in out if x["variant"] == "slimgpt"}
     for x in out:
