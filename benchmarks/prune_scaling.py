@@ -177,16 +177,26 @@ class CostModel:
         return {**phases, "prune": sum(phases.values()), "forward": self.dense * (dense["fwd"] + dense["head"])}
 
 
-def fit_cost_model(rows: list[dict], shapes: dict[str, Shape]) -> CostModel:
+def speed(row: dict, reference_peak: float | None) -> float:
+    """How much faster than ``reference_peak`` the machine ran when ``row`` was measured: its own measured
+    matmul peak (``cpu_matmul_flops``, taken in a fresh process right after the row) over the reference; 1 when
+    no reference is given. Seconds × speed = the seconds the row would have taken at the reference peak."""
+    return 1.0 if reference_peak is None else row["cpu_matmul_flops"] / reference_peak
+
+
+def fit_cost_model(rows: list[dict], shapes: dict[str, Shape], reference_peak: float | None = None) -> CostModel:
     """Fits :class:`CostModel` to measured prune rows (keys: model, ratio, samples, seq_len, forward_s and
-    ``<phase>_s``); ``shapes`` maps each row's model to its ``Shape``. Pure: no I/O."""
+    ``<phase>_s``; ``cpu_matmul_flops`` with a ``reference_peak``); ``shapes`` maps each row's model to its
+    ``Shape``. With ``reference_peak`` every row's seconds are first brought to that peak (:func:`speed`), so
+    that rows measured under different load, or on another machine, fit one model. Pure: no I/O."""
     x = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"], r.get("pruned_layers"))
          for r in rows]
     full = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"]) for r in rows]
-    stats = fit_nonnegative([[f["fwd"], f["hess"]] for f in x], [r["stats_s"] for r in rows])
-    obs = fit_nonnegative([[f["obs"]] for f in x], [r["select_s"] for r in rows])[0]
-    out = fit_nonnegative([[f["out"]] for f in x], [r["output_s"] for r in rows])[0]
-    dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in full], [r["forward_s"] for r in rows])[0]
+    k = [speed(r, reference_peak) for r in rows]
+    stats = fit_nonnegative([[f["fwd"], f["hess"]] for f in x], [r["stats_s"] * c for r, c in zip(rows, k)])
+    obs = fit_nonnegative([[f["obs"]] for f in x], [r["select_s"] * c for r, c in zip(rows, k)])[0]
+    out = fit_nonnegative([[f["out"]] for f in x], [r["output_s"] * c for r, c in zip(rows, k)])[0]
+    dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in full], [r["forward_s"] * c for r, c in zip(rows, k)])[0]
     return CostModel(float(stats[0]), float(stats[1]), float(obs), float(out), float(dense))
 
 
@@ -402,14 +412,18 @@ def measured_table(rows: list[dict]) -> str:
     return markdown_table(header, body)
 
 
-def check_table(model: CostModel, rows: list[dict], shapes: dict, base: float, fitted: list[str]) -> str:
-    """Measured vs predicted time and host memory of every measured in-memory prune row."""
+def check_table(model: CostModel, rows: list[dict], shapes: dict, base: float, fitted: list[str],
+                reference_peak: float | None = None) -> str:
+    """Measured vs predicted time and host memory of every measured in-memory prune row (predicted seconds at
+    the row's own measured peak when the model was fitted at ``reference_peak``, see :func:`speed`)."""
     from slimgpt.tables import markdown_table
 
     body = []
     for r in rows:
         shape = shapes[r["model"]]
-        p = model.phases(shape, r["samples"], r["seq_len"], r["ratio"], r.get("pruned_layers"))
+        k = speed(r, reference_peak)
+        p = {name: t / k for name, t in
+             model.phases(shape, r["samples"], r["seq_len"], r["ratio"], r.get("pruned_layers")).items()}
         mem = memory_bytes(shape, r["samples"], r["seq_len"], 4, 4)
         rss = base + mem["model"] + mem["layer"] + mem["buffers"]
         role = "fit" if r["model"] in fitted else "**check**"
@@ -484,15 +498,15 @@ def report(args: argparse.Namespace) -> None:
     shapes = {r["model"]: Shape(**r["shape"]) for r in rows}
     pruned = [r for r in rows if r["ratio"] > 0 and r["path"] == "in_memory"]
     fit_rows = [r for r in pruned if r["model"] in args.fit and "forward_s" in r]
-    model = fit_cost_model(fit_rows, shapes)
+    cpu_peak = float(np.median([r["cpu_matmul_flops"] for r in fit_rows]))  # the reference: the fit rows' peak
+    model = fit_cost_model(fit_rows, shapes, cpu_peak)
     base = host_memory_fit(fit_rows, shapes)
-    cpu_peak = float(np.median([r["cpu_matmul_flops"] for r in rows]))
     text = "\n\n".join([
         REPORT_HEAD.format(samples=rows[0]["samples"], seq_len=rows[0]["seq_len"], cpu=cpu_peak / 1e9,
                            fit=", ".join(args.fit)),
         "### Measured (CPU, one thread)", measured_table(rows), *streaming_lines(rows),
         "### The fit and its check (time and host memory, in-memory path)",
-        check_table(model, pruned, shapes, base, args.fit),
+        check_table(model, pruned, shapes, base, args.fit, cpu_peak),
         f"Fitted: statistics {model.fwd * cpu_peak:.2f} × forward FLOPs + {model.hess * cpu_peak:.2f} × Hessian "
         f"FLOPs, selection {model.obs * cpu_peak:.1f} × its FLOPs, "
         f"output {model.out * cpu_peak:.2f} × FLOPs, dense forward {model.dense * cpu_peak:.2f} × FLOPs (each as "
@@ -510,8 +524,10 @@ def report(args: argparse.Namespace) -> None:
 REPORT_HEAD = """Prune cost vs model size. Calibration {samples}×{seq_len} wiki tokens, batch 8, schedule log_increase, \
 method slimgpt, one-pass layer loop, fp32, CPU one thread (2-core machine shared with other jobs; load varied). \
 Each row is one fresh process (`python benchmarks/prune_scaling.py measure ...`); the fit uses {fit}; \
-`python benchmarks/prune_scaling.py report` writes this file. Measured fp32 matmul peak of one thread: \
-{cpu:.0f} GFLOP/s (median over rows)."""
+`python benchmarks/prune_scaling.py report` writes this file. Each row's machine speed is its fp32 matmul peak \
+of one thread, measured in a fresh process right after the row (`cpu_matmul_flops`: 28-110 GFLOP/s here, with \
+the load and the machine); the fit brings every row to the fit rows' median peak, {cpu:.0f} GFLOP/s, and the check \
+predicts each row at its own peak."""
 
 PREDICTION_NOTES = """ASSUMPTIONS of the predicted rows: calibration 256×2048 (the paper's); fp16 weights and \
 activations on the GPU, fp32 statistics and OBS math without TF32 (the engine's numerics); peak throughputs \

@@ -76,6 +76,22 @@ def test_fit_cost_model_recovers_a_known_model_and_predicts_a_larger_one():
     assert fitted.obs == pytest.approx(1e-9)
 
 
+def test_rows_measured_at_other_speeds_fit_one_model_at_the_reference_peak():
+    """A row measured while the machine ran 3x faster (its matmul peak 3x the reference) took a third of the
+    seconds: brought to the reference peak, the rows give back the model; without it, they do not."""
+    truth = scaling.CostModel(fwd=2e-11, hess=5e-11, obs=1e-9, out=4e-11, dense=2.5e-11)
+    shapes = {s.name: s for s in (SMALL, MID)}
+    rows = _rows(truth, shapes.values())
+    for i, row in enumerate(rows):
+        factor = 3.0 if i % 2 else 1.0
+        row.update({k: v / factor for k, v in row.items() if k.endswith("_s")}, cpu_matmul_flops=30e9 * factor)
+    fitted = scaling.fit_cost_model(rows, shapes, reference_peak=30e9)
+    assert fitted.phases(BIG, 16, 64, 0.5)["prune"] == pytest.approx(truth.phases(BIG, 16, 64, 0.5)["prune"], rel=1e-6)
+    unscaled = scaling.fit_cost_model(rows, shapes)
+    assert unscaled.phases(BIG, 16, 64, 0.5)["prune"] != pytest.approx(truth.phases(BIG, 16, 64, 0.5)["prune"], rel=0.05)
+    assert scaling.speed(rows[1], 30e9) == 3.0 and scaling.speed(rows[1], None) == 1.0
+
+
 def test_gpu_seconds_scale_with_the_assumed_peaks():
     model = scaling.CostModel(fwd=2e-11, hess=5e-11, obs=1e-9, out=4e-11, dense=2.5e-11)
     slow = scaling.Device("slow", 24, fp16=1e14, fp32=1e13)
