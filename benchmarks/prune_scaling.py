@@ -192,11 +192,13 @@ def fit_cost_model(rows: list[dict], shapes: dict[str, Shape], reference_peak: f
     x = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"], r.get("pruned_layers"))
          for r in rows]
     full = [cost_features(shapes[r["model"]], r["samples"], r["seq_len"], r["ratio"]) for r in rows]
-    k = [speed(r, reference_peak) for r in rows]
-    stats = fit_nonnegative([[f["fwd"], f["hess"]] for f in x], [r["stats_s"] * c for r, c in zip(rows, k)])
-    obs = fit_nonnegative([[f["obs"]] for f in x], [r["select_s"] * c for r, c in zip(rows, k)])[0]
-    out = fit_nonnegative([[f["out"]] for f in x], [r["output_s"] * c for r, c in zip(rows, k)])[0]
-    dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in full], [r["forward_s"] * c for r, c in zip(rows, k)])[0]
+    def seconds(name: str) -> list[float]:  # measured seconds brought to the reference peak
+        return [r[name] * speed(r, reference_peak) for r in rows]
+
+    stats = fit_nonnegative([[f["fwd"], f["hess"]] for f in x], seconds("stats_s"))
+    obs = fit_nonnegative([[f["obs"]] for f in x], seconds("select_s"))[0]
+    out = fit_nonnegative([[f["out"]] for f in x], seconds("output_s"))[0]
+    dense = fit_nonnegative([[f["fwd"] + f["head"]] for f in full], seconds("forward_s"))[0]
     return CostModel(float(stats[0]), float(stats[1]), float(obs), float(out), float(dense))
 
 

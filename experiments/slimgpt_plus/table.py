@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    everything, records = kept_records(args.paths, args.out)
+    records, unfinished = kept_records(args.paths, args.out)
     table = rows(records)
     dense = {}
     for r in records:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     dense_line = ", ".join(f"{c} {v:.4g}" for c, v in dense.items() if v)
     study = markdown_table(list(table[0]), [list(x.values()) for x in table])
     text = (study + f"\n\nDense perplexity: {dense_line}.\n\nAll runs (`slimgpt-report`):\n\n"
-            + to_markdown(table_rows(everything)) + "\n")
+            + to_markdown(table_rows(records + unfinished)) + "\n")
     write_text_atomic(args.out / "slimgpt_plus.md", text)
     print(study)
     return 0

@@ -80,12 +80,20 @@ def finished(records: Iterable[RunRecord]) -> list[RunRecord]:
     """
     kept, seen = [], set()
     for record in records:
-        final = record.evaluation("final") or record.evaluation("dense")
-        identity = (final.key, json.dumps(record.spec("eval"), sort_keys=True, default=str)) if final else id(record)
-        if record.status == "done" and identity not in seen:
-            seen.add(identity)
+        key = identity(record) or id(record)
+        if record.status == "done" and key not in seen:
+            seen.add(key)
             kept.append(record)
     return kept
+
+
+def identity(record: RunRecord) -> tuple[str, str] | None:
+    """What tells evaluated models apart (see :func:`finished`): the final (else dense) evaluation's signature
+    and the evaluation settings as JSON; None for a record without an evaluation."""
+    evaluation = record.evaluation("final") or record.evaluation("dense")
+    if evaluation is None:
+        return None
+    return evaluation.key, json.dumps(record.spec("eval"), sort_keys=True, default=str)
 
 
 def load_records(paths: Iterable[Path]) -> list[RunRecord]:

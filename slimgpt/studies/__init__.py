@@ -33,7 +33,7 @@ from types import ModuleType
 
 from slimgpt.io import write_text_atomic
 from slimgpt.runner.record import RESULTS_FILE, RunRecord
-from slimgpt.runner.summary import finished, readable_records, table_rows, to_markdown
+from slimgpt.runner.summary import finished, identity, readable_records, table_rows, to_markdown
 
 #: The registered studies (module names in this package).
 STUDIES = ("fig2", "table6", "ablation", "table1", "fig3")
@@ -55,17 +55,17 @@ def make_study(name: str, paths: Iterable[Path], out: Path) -> str:
     Unreadable results.json files are named on stderr and left out.
     """
     module = study(name)
-    records, done = kept_records(paths, out)
+    done, unfinished = kept_records(paths, out)
     text = module.make(done, out)
-    full = to_markdown(table_rows(done + [r for r in records if r.status != "done"]))
+    full = to_markdown(table_rows(done + unfinished))
     write_text_atomic(out / f"{name}.md", f"{text}\n\nAll runs (`slimgpt-report`):\n\n{full}\n")
     return text
 
 
 def kept_records(paths: Iterable[Path], out: Path) -> tuple[list[RunRecord], list[RunRecord]]:
-    """``(every record, the finished ones)`` below ``paths`` and in ``<out>/records/``; every finished one is
-    (re)stored there, so that the study can be redrawn, and extended by a later sweep, without ``paths``.
-    Raises ``ValueError`` when none finished."""
+    """``(the finished records, each model once, the unfinished ones)`` below ``paths`` and in
+    ``<out>/records/``; every finished one is (re)stored there, so that the study can be redrawn, and extended
+    by a later sweep, without ``paths``. Raises ``ValueError`` when none finished."""
     paths, stored = list(paths), out / RECORDS_DIR
     records = readable_records(paths + ([stored] if stored.is_dir() else []))
     done = finished(records)
@@ -74,14 +74,15 @@ def kept_records(paths: Iterable[Path], out: Path) -> tuple[list[RunRecord], lis
     out.mkdir(parents=True, exist_ok=True)
     for record in done:
         record.save(stored / record_id(record) / RESULTS_FILE)
-    return records, done
+    return done, [r for r in records if r.status != "done"]
 
 
 def record_id(record: RunRecord) -> str:
-    """A stable folder name for a stored record: a hash of its evaluations' signatures and evaluation settings
-    (what :func:`slimgpt.runner.summary.finished` tells records apart by)."""
-    identity = [[e.role, e.key] for e in record.evaluations], record.spec("eval")
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A stable folder name for a stored record: a hash of what :func:`slimgpt.runner.summary.finished` tells
+    records apart by (:func:`slimgpt.runner.summary.identity`; a record without an evaluation: its name and
+    start time)."""
+    key = identity(record) or (record.name, record.started)
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -211,8 +211,9 @@ def key_row_tables(records: list[RunRecord], out: Path) -> str:
         rows.append([ratio, method + (" +LoRA" if tuned(record) else ""), setting(record),
                      millions(pruned(record).value("params_after")), record.metric(key),
                      *(with_stderr(record, t, "final") for t in [*tasks, "avg"])])
-        labels[f"{ratio} {rows[-1][1]}"] = (record.evaluation("final").key, zeroshot_limit(record))
-        averages[f"{ratio} {rows[-1][1]}"] = (record.metric("zeroshot/avg"), record.metric("zeroshot_stderr/avg"))
+        label = f"{ratio} {rows[-1][1]}"
+        labels[label] = (record.evaluation("final").key, zeroshot_limit(record))
+        averages[label] = (record.metric("zeroshot/avg"), record.metric("zeroshot_stderr/avg"))
     limit = zeroshot_limit(records[0])
     table = markdown_table(["ratio", "method", "setting", "params", key, *tasks, "avg"], rows)
     caption = (f"Key rows: zero-shot on the first {limit} questions per task, accuracy ± standard error "
@@ -231,7 +232,7 @@ def key_rows_figure(averages: dict[str, tuple[float | None, float | None]], task
         return
     plots.plot_bars({label: value for label, (value, _) in averages.items()}, out,
                     errors={label: 1.96 * stderr for label, (_, stderr) in averages.items()},
-                    ylabel=f"{tasks}-task zero-shot average", logy=False,
+                    ylabel=f"{tasks}-task zero-shot average",
                     title=f"Table 1 key rows: zero-shot average, {limit} questions per task",
                     caption="Bars: 95% intervals (±1.96 standard errors, tasks taken as independent). Which "
                             "differences are real: the paired tests (same questions) in the table.")
